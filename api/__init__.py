@@ -1,0 +1,1 @@
+"""HTTP door: FastAPI gateway over services/."""

@@ -1,0 +1,64 @@
+"""Prometheus metrics: requests, queue depth, task durations, images by status."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+
+import workers.metrics  # noqa: F401  (task duration histogram)
+from services.images import count_by_status
+
+REQUESTS = Counter("semtag_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram("semtag_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+
+
+class MetricsMiddleware(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next):  # noqa: ANN001, ANN201
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            REQUESTS.labels(request.method, path, str(status)).inc()
+            LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
+
+
+class StateCollector:
+    """Read at scrape time: images by status (database) and queue depth (broker or in-process pool)."""
+
+    def __init__(self) -> None:
+        self.runtime = None
+
+    def collect(self):  # noqa: ANN201
+        rt = self.runtime
+        if rt is None:
+            return
+        images = GaugeMetricFamily("semtag_images", "Images by status", labels=["status"])
+        try:
+            with rt.session() as s:
+                for status, n in count_by_status(s).items():
+                    images.add_metric([status], n)
+            yield images
+        except Exception:  # noqa: BLE001  (a scrape must not fail because the database is down)
+            pass
+        depth = GaugeMetricFamily("semtag_queue_depth", "Tasks waiting", labels=["queue"])
+        try:
+            d = rt.queue.depth()
+            for queue, n in (d.items() if isinstance(d, dict) else [("in_process", d)]):
+                depth.add_metric([queue], n)
+            yield depth
+        except Exception:  # noqa: BLE001
+            pass
+
+
+STATE = StateCollector()
+REGISTRY.register(STATE)

@@ -1,0 +1,136 @@
+"""Streaming multipart/form-data: each file part goes straight to a size-limited blob writer.
+
+Nothing is held whole in memory; a part over the size limit is cut off and reported while
+the other parts are still read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from api.errors import ApiError
+from services.errors import BadInput
+from services.storage import BlobStore, BlobTooLarge, BlobWriter
+
+MAX_FIELD_BYTES = 8 * 1024
+
+
+@dataclass
+class FilePart:
+    field: str
+    filename: str | None
+    content_type: str | None
+    writer: BlobWriter | None
+    error: BadInput | None = None
+
+
+@dataclass
+class Form:
+    fields: dict[str, str] = field(default_factory=dict)
+    files: list[FilePart] = field(default_factory=list)
+
+    def discard(self) -> None:
+        for part in self.files:
+            if part.writer is not None:
+                part.writer.discard()
+
+
+class _Collector:
+    def __init__(self, store: BlobStore, max_file_bytes: int, max_files: int):
+        self.store, self.max_file_bytes, self.max_files = store, max_file_bytes, max_files
+        self.form = Form()
+        self._headers: dict[str, str] = {}
+        self._hname = b""
+        self._hvalue = b""
+        self._current: FilePart | None = None
+        self._field_name: str | None = None
+        self._field_buf = bytearray()
+
+    # python-multipart callbacks
+    def on_part_begin(self) -> None:
+        self._headers = {}
+        self._current = None
+        self._field_name = None
+        self._field_buf = bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._hname += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._hvalue += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._hname.decode("latin-1").lower()] = self._hvalue.decode("utf-8", "replace")
+        self._hname, self._hvalue = b"", b""
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get("content-disposition", ""))
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        if filename is None:
+            self._field_name = name
+            return
+        if len(self.form.files) >= self.max_files:
+            raise ApiError(413, "too_many_files", f"at most {self.max_files} files per request")
+        part = FilePart(name, filename.decode("utf-8", "replace"), self._headers.get("content-type"),
+                        self.store.new_writer(self.max_file_bytes))
+        self.form.files.append(part)
+        self._current = part
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current
+        if part is not None:
+            if part.writer is None:
+                return  # already rejected: skip the rest of this part
+            try:
+                part.writer.write(data[start:end])
+            except BlobTooLarge as exc:
+                part.writer.discard()
+                part.writer = None
+                part.error = BadInput(str(exc), "file_too_large")
+        elif self._field_name is not None:
+            self._field_buf += data[start:end]
+            if len(self._field_buf) > MAX_FIELD_BYTES:
+                raise ApiError(422, "field_too_large", f"form field {self._field_name!r} is too large")
+
+    def on_part_end(self) -> None:
+        if self._current is not None and self._current.writer is not None:
+            self._current.writer.close()
+        elif self._field_name is not None:
+            self.form.fields[self._field_name] = self._field_buf.decode("utf-8", "replace")
+        self._current = None
+        self._field_name = None
+
+
+async def read_multipart(request: Request, store: BlobStore, max_file_bytes: int, max_request_bytes: int,
+                         max_files: int) -> Form:
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise ApiError(415, "wrong_content_type",
+                       "send the image(s) as multipart/form-data (e.g. curl -F file=@image.tif)")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_request_bytes:
+        raise ApiError(413, "request_too_large", f"request body exceeds {max_request_bytes} bytes")
+    collector = _Collector(store, max_file_bytes, max_files)
+    callbacks = {name: getattr(collector, name) for name in (
+        "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
+        "on_part_data", "on_part_end")}
+    parser = MultipartParser(params[b"boundary"], callbacks)
+    total = 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_request_bytes:
+                raise ApiError(413, "request_too_large", f"request body exceeds {max_request_bytes} bytes")
+            parser.write(chunk)
+        parser.finalize()
+    except ApiError:
+        collector.form.discard()
+        raise
+    except Exception as exc:  # malformed multipart framing
+        collector.form.discard()
+        raise ApiError(400, "malformed_multipart", f"multipart body cannot be parsed: {exc}") from None
+    return collector.form

@@ -1,0 +1,72 @@
+"""/v1/webhooks/ingest: the repository tells us about a new file (HMAC-signed)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from api.dependencies import get_runtime
+from api.errors import ApiError
+from api.webhooks.schemas import IngestPayload
+from services.ingest import ingest_file
+from services.runtime import Runtime
+from services.storage import BlobWriter
+from services.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, decode_base64_into, fetch_into, verify_signature
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "request_too_large", f"webhook body exceeds {limit} bytes")
+    return bytes(body)
+
+
+def _ingest(rt: Runtime, payload: IngestPayload) -> dict:
+    s = rt.settings
+    writer: BlobWriter = rt.store.new_writer(s.max_upload_bytes)
+    sidecar: BlobWriter | None = None
+    try:
+        if payload.content_base64 is not None:
+            decode_base64_into(payload.content_base64, writer)
+        else:
+            fetch_into(payload.url, writer, s.webhook_url_allowlist, s.webhook_fetch_timeout_s)
+        if payload.sidecar_base64:
+            sidecar = rt.store.new_writer(1024 * 1024)
+            decode_base64_into(payload.sidecar_base64, sidecar)
+            sidecar.close()
+        filename = payload.filename or (payload.url.rsplit("/", 1)[-1].split("?")[0] if payload.url else None)
+        res = ingest_file(rt, writer, filename, payload.record_id, sidecar)
+        return {"id": res.image_id, "sha256": res.sha256, "filename": res.filename, "status": res.status,
+                "duplicate": res.duplicate, "record_id": payload.record_id}
+    finally:
+        writer.discard()
+        if sidecar is not None:
+            sidecar.discard()
+
+
+@router.post("/ingest", status_code=202, responses={401: {}, 413: {}, 415: {}, 422: {}})
+async def ingest_webhook(request: Request, rt: Runtime = Depends(get_runtime)) -> JSONResponse:
+    s = rt.settings
+    # base64 inflates by 4/3; leave room for the JSON around it
+    body = await _read_body(request, s.max_upload_bytes * 4 // 3 + 64 * 1024)
+    verify_signature(s.webhook_secret, request.headers.get(TIMESTAMP_HEADER),
+                     request.headers.get(SIGNATURE_HEADER), body, s.webhook_max_skew_s)
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(422, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    try:
+        payload = IngestPayload.model_validate(data)
+    except ValidationError as exc:
+        msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise ApiError(422, "invalid_request", msg) from None
+    result = await run_in_threadpool(_ingest, rt, payload)
+    return JSONResponse(result, status_code=202)

@@ -1,0 +1,3 @@
+"""semtag: metadata for SEM images (scale, category, subcategory)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from semtag.cli import main
+
+sys.exit(main())

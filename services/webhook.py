@@ -1,0 +1,84 @@
+"""The repository's ingest webhook: HMAC-SHA256 signatures, base64 bodies, allow-listed URLs."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from urllib.parse import urlsplit
+
+import httpx
+
+from services.errors import BadInput, Unauthorized
+from services.storage import BlobTooLarge, BlobWriter
+
+SIGNATURE_HEADER = "X-Semtag-Signature"
+TIMESTAMP_HEADER = "X-Semtag-Timestamp"
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>`` of HMAC-SHA256(secret, "<timestamp>." + body)."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify_signature(secret: str | None, timestamp: str | None, signature: str | None, body: bytes,
+                     max_skew_s: int, now: float | None = None) -> None:
+    if not secret:
+        raise Unauthorized("the ingest webhook is disabled: SEMTAG_WEBHOOK_SECRET is not set", "webhook_disabled")
+    if not timestamp or not signature:
+        raise Unauthorized(f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header", "missing_signature")
+    try:
+        ts = int(timestamp)
+    except ValueError:
+        raise Unauthorized(f"{TIMESTAMP_HEADER} must be Unix seconds", "bad_timestamp") from None
+    now = time.time() if now is None else now
+    if abs(now - ts) > max_skew_s:
+        raise Unauthorized(
+            f"signature timestamp is {int(now - ts)} s from now; allowed ±{max_skew_s} s (replay protection)",
+            "stale_signature",
+        )
+    if not hmac.compare_digest(sign(secret, timestamp, body), signature.strip()):
+        raise Unauthorized("signature does not match the body", "bad_signature")
+
+
+def decode_base64_into(data: str, writer: BlobWriter, chunk_chars: int = 4 * 1024 * 1024) -> None:
+    """Decode standard base64 (whitespace allowed) into the writer in chunks."""
+    if not isinstance(data, str):
+        raise BadInput("content_base64 must be a string", "bad_base64")
+    data = "".join(data.split())
+    if len(data) % 4:
+        raise BadInput("content_base64 is not valid base64 (length is not a multiple of 4)", "bad_base64")
+    try:
+        for i in range(0, len(data), chunk_chars):
+            writer.write(base64.b64decode(data[i:i + chunk_chars], validate=True))
+    except binascii.Error as exc:
+        raise BadInput(f"content_base64 is not valid base64: {exc}", "bad_base64") from None
+
+
+def check_url_allowed(url: str, allowlist: list[str]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadInput("url must be an absolute http(s) URL", "bad_url")
+    host = parts.hostname.lower()
+    hostport = f"{host}:{parts.port}" if parts.port else host
+    allowed = {h.lower() for h in allowlist}
+    if host not in allowed and hostport not in allowed:
+        raise BadInput(f"host {host!r} is not on the webhook URL allow-list", "url_not_allowed")
+
+
+def fetch_into(url: str, writer: BlobWriter, allowlist: list[str], timeout_s: float) -> None:
+    """Stream the URL's body into the writer (no redirects: a redirect could leave the allow-list)."""
+    check_url_allowed(url, allowlist)
+    try:
+        with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=False) as resp:
+            if resp.status_code != 200:
+                raise BadInput(f"fetching the url returned HTTP {resp.status_code}", "fetch_failed")
+            for chunk in resp.iter_bytes(1024 * 1024):
+                writer.write(chunk)
+    except BlobTooLarge:
+        raise
+    except httpx.HTTPError as exc:
+        raise BadInput(f"fetching the url failed: {type(exc).__name__}: {exc}", "fetch_failed") from None

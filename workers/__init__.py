@@ -1,0 +1,1 @@
+"""Celery door: the app, its queues and thin tasks that call into services/."""

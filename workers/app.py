@@ -1,0 +1,42 @@
+"""The Celery application: Redis broker, queues ``inference``, ``ocr``, ``batch``.
+
+Tasks are acknowledged late and rejected when their worker dies, so Redis delivers them
+again (after ``SEMTAG_BROKER_VISIBILITY_TIMEOUT_S``); every task is idempotent.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from semtag.settings import get_settings
+from services.runtime import TASK_QUEUES, TASK_RECONCILE
+
+QUEUES = ("inference", "ocr", "batch")
+
+
+def make_app() -> Celery:
+    settings = get_settings()
+    app = Celery("semtag", include=["workers.tasks"])
+    app.conf.update(
+        broker_url=settings.broker_url or "memory://",
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        task_queues=[Queue(q) for q in QUEUES],
+        task_default_queue="batch",
+        task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "reconcile": {"task": TASK_RECONCILE, "schedule": float(settings.reconcile_every_s)},
+        },
+    )
+    return app
+
+
+app = make_app()

@@ -1,0 +1,74 @@
+"""Task queues: Celery on Redis, or in-process execution of the very same Celery tasks."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from services.runtime import TASK_QUEUES
+
+log = logging.getLogger(__name__)
+
+
+class CeleryQueue:
+    def __init__(self, broker_url: str | None = None):
+        from workers.app import app
+
+        if broker_url and app.conf.broker_url != broker_url:
+            app.conf.broker_url = broker_url
+        self.app = app
+
+    def enqueue(self, task: str, *args: int) -> None:
+        self.app.send_task(task, args=list(args), queue=TASK_QUEUES[task])
+
+    def depth(self) -> dict[str, int]:
+        """Messages waiting per queue (Redis list lengths)."""
+        import redis
+
+        client = redis.Redis.from_url(self.app.conf.broker_url, socket_timeout=2)
+        try:
+            return {q: int(client.llen(q)) for q in ("inference", "ocr", "batch")}
+        finally:
+            client.close()
+
+
+class InlineQueue:
+    """Runs the registered Celery tasks in a background thread of this process (embedded mode).
+
+    ``Task.apply`` executes the task body locally, with Celery's signals, so the code path is
+    the one a worker runs.
+    """
+
+    def __init__(self, threads: int = 1):
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="semtag-task")
+
+    def enqueue(self, task: str, *args: int) -> None:
+        self._pool.submit(self._run, task, args)
+
+    @staticmethod
+    def _run(task: str, args: tuple[int, ...]) -> None:
+        import workers.tasks  # noqa: F401  (registers the tasks)
+        from workers.app import app
+
+        try:
+            app.tasks[task].apply(args=list(args), throw=False)
+        except Exception:  # keep the pool alive; the task recorded its own failure
+            log.exception("in-process task %s%s crashed", task, args)
+
+    def depth(self) -> int:
+        return self._pool._work_queue.qsize()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for everything queued so far (tests, shutdown)."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = self._pool.submit(lambda: None)
+        done.result(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+def queue_for(settings) -> CeleryQueue | InlineQueue:  # noqa: ANN001
+    return InlineQueue() if settings.embedded_tasks else CeleryQueue(settings.broker_url)
