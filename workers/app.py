@@ -21,7 +21,11 @@ def make_app() -> Celery:
     app.conf.update(
         broker_url=settings.broker_url or "memory://",
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            # sweep for tasks of dead workers at least twice per visibility timeout
+            "unacked_restore_interval": max(1, min(10, settings.broker_visibility_timeout_s // 2)),
+        },
         task_queues=[Queue(q) for q in QUEUES],
         task_default_queue="batch",
         task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},

@@ -1,0 +1,1 @@
+"""Neural networks: architectures, training, export to ONNX, the model registry."""

@@ -1,0 +1,138 @@
+"""Fixtures: real PostgreSQL and Redis on 127.0.0.1, the embedded default, API clients with keys."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from semtag.settings import Settings
+
+PG_ADMIN = os.environ.get("SEMTAG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("SEMTAG_TEST_REDIS", "redis://127.0.0.1:6379/0")
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _pg_available() -> bool:
+    try:
+        psycopg.connect(PG_ADMIN, connect_timeout=3).close()
+        return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    if not _pg_available():
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}; .ci/run starts it")
+    name = f"semtag_t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    yield f"{base.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    from services.db import get_engine
+
+    for eng_url in [f"{base.replace('postgresql://', 'postgresql+psycopg://')}/{name}"]:
+        get_engine(eng_url).dispose()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis database of its own (db 11), emptied at the start."""
+    url = REDIS_URL.rsplit("/", 1)[0] + "/11"
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.fail(f"Redis is not reachable at {url}; .ci/run starts it")
+    client.flushdb()
+    return url
+
+
+def _reset_pg(url: str) -> None:
+    from sqlalchemy import text
+
+    from services import migrate
+    from services.db import get_engine
+
+    migrate.upgrade(url)
+    with get_engine(url).begin() as conn:
+        conn.execute(text(
+            "TRUNCATE images, scale_readings, predictions, labels, subcategories, models, jobs, api_keys "
+            "RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request, tmp_path: Path) -> Settings:
+    """Settings for the embedded default (SQLite) and for PostgreSQL; tasks in-process for both."""
+    if request.param == "sqlite":
+        return Settings(data_dir=tmp_path / "var")
+    url = request.getfixturevalue("pg_url")
+    _reset_pg(url)
+    return Settings(data_dir=tmp_path / "var", database_url=url)
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "var")
+
+
+class Client:
+    """A TestClient with one API key per role and a way to wait for in-process tasks."""
+
+    def __init__(self, settings: Settings):
+        from api.main import create_app
+
+        self.settings = settings
+        self.app = create_app(settings)
+        self.http = TestClient(self.app)
+        self.http.__enter__()
+        self.rt = self.app.state.runtime
+        self.keys = {role: self.new_key(role) for role in ("ingest", "read", "curator", "admin")}
+
+    def new_key(self, role: str) -> str:
+        from services import auth
+
+        with self.rt.session() as s:
+            return auth.create_key(s, role)[1]
+
+    def auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[role]}"}
+
+    def upload(self, *files: tuple[str, bytes], role: str = "ingest", **data) -> "httpx.Response":  # noqa: F821
+        return self.http.post("/v1/images", files=[("file", f) for f in files], data=data, headers=self.auth(role))
+
+    def get(self, path: str, role: str = "read", **kw):  # noqa: ANN003, ANN201
+        return self.http.get(path, headers=self.auth(role), **kw)
+
+    def wait(self) -> None:
+        join = getattr(self.rt.queue, "join", None)
+        if join:
+            join(timeout=60)
+
+    def close(self) -> None:
+        self.wait()
+        self.http.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[Client]:
+    c = Client(settings)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def sqlite_client(sqlite_settings: Settings) -> Iterator[Client]:
+    c = Client(sqlite_settings)
+    yield c
+    c.close()
