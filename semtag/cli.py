@@ -96,6 +96,52 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _iter_images(paths: list[str]):  # noqa: ANN202
+    from pathlib import Path
+
+    exts = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"}
+    for p in map(Path, paths):
+        if p.is_dir():
+            yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in exts)
+        else:
+            yield p
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    """One JSON object per image; exit 1 only when some file could not be read at all."""
+    import json
+
+    from services.imaging import ImageRejected
+    from services.scale.reader import read_scale, sidecar_for
+
+    unreadable = 0
+    for path in _iter_images(args.paths):
+        try:
+            if not path.exists():
+                raise ImageRejected("not_found", "no such file")
+            res = read_scale(path, sidecar=sidecar_for(path), max_pixels=_settings().max_pixels)
+        except ImageRejected as exc:
+            unreadable += 1
+            print(f"semtag scale: {path}: cannot be read: {exc.message}", file=sys.stderr)
+            continue
+        except OSError as exc:
+            unreadable += 1
+            print(f"semtag scale: {path}: cannot be read: {exc}", file=sys.stderr)
+            continue
+        row = {"file": str(path), "scale_value": res.scale_value, "scale_unit": res.scale_unit,
+               "bar_px": res.bar_px, "pixel_size_nm": res.pixel_size_nm, "source": res.source,
+               "confidence": res.confidence, "fields": res.fields, "databar_box": res.databar_box}
+        if args.json:
+            row["scale_bin"], row["reason"] = res.scale_bin, res.reason
+            print(json.dumps(row, ensure_ascii=False, default=float), flush=True)
+        else:
+            value = f"{res.scale_value:g} {res.scale_unit}" if res.scale_value is not None else "-"
+            px = f"{res.pixel_size_nm:.4g} nm/px" if res.pixel_size_nm else "-"
+            conf = f"{res.confidence:.2f}" if res.confidence is not None else "-"
+            print(f"{path}\t{res.source}\t{value}\t{px}\tconfidence {conf}\t{res.reason or ''}", flush=True)
+    return 1 if unreadable else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="semtag", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -120,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("action", choices=["upgrade", "downgrade", "check"])
     sp.add_argument("revision", nargs="?")
     sp.set_defaults(func=cmd_db)
+
+    sp = sub.add_parser("scale", help="read the scale of images (metadata first, then OCR of the data bar)")
+    sp.add_argument("paths", nargs="+", help="image files or folders")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_scale)
 
     sp = sub.add_parser("apikey", help="API keys (the new key is printed as the last line)")
     sp.add_argument("action", choices=["create", "list", "revoke"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from services.categories import NAMES, SLUGS, to_slug
 from services.errors import BadInput, NotFound
+from services.scale.units import bin_edges_nm, parse_length, scale_bin, to_nm
 from services.tables import HumanLabel, Image, ImageStatus, Prediction, ScaleReading, Subcategory
 
 MAX_PAGE = 500
@@ -57,6 +59,8 @@ def image_detail(session: Session, image_id: int) -> dict[str, Any]:
         "status": img.status, "error": img.error,
         "steps": {"scale": img.scale_state, "classification": img.inference_state},
         "pixel_size_nm": img.pixel_size_nm,
+        "scale_nm": img.scale_nm,
+        "scale_bin": scale_bin(img.scale_nm),
         "scale": _scale_dict(scale),
         "category": img.category, "category_name": NAMES.get(img.category) if img.category else None,
         "category_source": img.category_source, "confidence": img.confidence,
@@ -79,8 +83,13 @@ class ImageFilter:
     min_confidence: float | None = None
     status: str | None = None
     record_id: str | None = None
+    scale_bin: str | None = None  # e.g. '1 µm–2 µm' (or '1um-2um'): a 1-2-5 bin of scale-bar length
+    scale_min_nm: float | None = None
+    scale_max_nm: float | None = None
 
     def __post_init__(self) -> None:
+        if self.scale_bin is not None:
+            self._bin_range = parse_scale_bin(self.scale_bin)
         if self.category is not None:
             self.category = to_slug(self.category)
         if self.status is not None and self.status not in {s.value for s in ImageStatus}:
@@ -110,7 +119,28 @@ class ImageFilter:
             stmt = stmt.where(Image.status == self.status)
         if self.record_id is not None:
             stmt = stmt.where(Image.record_id == self.record_id)
+        if self.scale_bin is not None:
+            lo, hi = self._bin_range
+            stmt = stmt.where(Image.scale_nm >= lo, Image.scale_nm < hi)
+        if self.scale_min_nm is not None:
+            stmt = stmt.where(Image.scale_nm >= self.scale_min_nm)
+        if self.scale_max_nm is not None:
+            stmt = stmt.where(Image.scale_nm <= self.scale_max_nm)
         return stmt
+
+
+def parse_scale_bin(text: str) -> tuple[float, float]:
+    """'1 µm–2 µm' / '1um-2um' -> (1000, 2000) nm; only the 1-2-5 bins are accepted."""
+    parts = [p for p in re.split(r"\s*(?:–|—|-|\.\.|to)\s*", text.strip()) if p]
+    edges = bin_edges_nm()
+    if len(parts) == 2:
+        lo, hi = parse_length(parts[0]), parse_length(parts[1])
+        if lo and hi:
+            lo_nm, hi_nm = to_nm(*lo), to_nm(*hi)
+            for a, b in zip(edges, edges[1:]):
+                if abs(a - lo_nm) < 1e-6 * a and abs(b - hi_nm) < 1e-6 * b:
+                    return a, b
+    raise BadInput(f"scale_bin {text!r} is not a 1-2-5 bin such as '1 µm–2 µm' or '200nm-500nm'", "bad_filter")
 
 
 def encode_cursor(last_id: int) -> str:
@@ -132,7 +162,8 @@ def image_summary(img: Image) -> dict[str, Any]:
     return {
         "id": img.id, "filename": img.filename, "record_id": img.record_id, "status": img.status,
         "category": img.category, "category_source": img.category_source, "confidence": img.confidence,
-        "pixel_size_nm": img.pixel_size_nm, "subcategory_id": img.subcategory_id, "created_at": img.created_at,
+        "pixel_size_nm": img.pixel_size_nm, "scale_nm": img.scale_nm, "scale_bin": scale_bin(img.scale_nm),
+        "subcategory_id": img.subcategory_id, "created_at": img.created_at,
     }
 
 

@@ -70,7 +70,7 @@ def read_scale(rt: Runtime, image_id: int) -> str:
         reason = exc.message if isinstance(exc, ImageRejected) else str(exc)
         fail_image(rt, image_id, f"decode failed: {reason}")
         return "failed"
-    result = read_scale_of_file(path, gray=gray, sidecar=sidecar)
+    result = read_scale_of_file(path, gray=gray, sidecar=sidecar, max_pixels=rt.settings.max_pixels)
     try:
         with rt.session() as s:
             img = s.get(Image, image_id)
@@ -78,6 +78,7 @@ def read_scale(rt: Runtime, image_id: int) -> str:
                 return "skipped"
             s.add(ScaleReading(image_id=image_id, **result.row()))
             img.pixel_size_nm = result.pixel_size_nm
+            img.scale_nm = result.scale_nm
             img.scale_state = StepState.done.value
             refresh_status(img)
     except IntegrityError:  # a concurrent run of the same step stored it first

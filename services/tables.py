@@ -100,6 +100,7 @@ class Image(Base):
     category_source: Mapped[str | None] = mapped_column(String(16))  # model | human
     confidence: Mapped[float | None] = mapped_column(Float)
     pixel_size_nm: Mapped[float | None] = mapped_column(Float, index=True)
+    scale_nm: Mapped[float | None] = mapped_column(Float, index=True)  # scale-bar length, for scale bins
     subcategory_id: Mapped[int | None] = mapped_column(
         ForeignKey("subcategories.id", ondelete="SET NULL"), index=True
     )

@@ -90,6 +90,9 @@ def search_images(
     min_confidence: float | None = None,
     status: str | None = None,
     record_id: str | None = None,
+    scale_bin: str | None = None,
+    scale_min_nm: float | None = None,
+    scale_max_nm: float | None = None,
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = None,
     session: Session = Depends(get_session),
@@ -97,5 +100,6 @@ def search_images(
 ) -> dict:
     flt = ImageFilter(category=category, subcategory=subcategory, pixel_size_min_nm=pixel_size_min_nm,
                       pixel_size_max_nm=pixel_size_max_nm, min_confidence=min_confidence, status=status,
-                      record_id=record_id)
+                      record_id=record_id, scale_bin=scale_bin, scale_min_nm=scale_min_nm,
+                      scale_max_nm=scale_max_nm)
     return list_images(session, flt, limit=limit, cursor=cursor)

@@ -1,12 +1,29 @@
-"""Reads one image's scale. (The metadata and OCR readers are added by the scale issue.)"""
+"""One image's scale: instrument metadata first, OCR of the data bar as fallback (and check).
+
+:func:`read_scale` returns a :class:`ScaleResult` with the scale-bar label (value, unit), the
+bar's length in pixels, the pixel size in nm, ``source`` (metadata | ocr | none), a
+confidence, the parsed acquisition fields and the data bar's box. Where metadata and OCR
+both give a pixel size, both are kept in ``detail`` and a disagreement above 5% is flagged.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from services.imaging import load_gray
+from services.scale import ocr
+from services.scale.databar import Bar, find_bars, find_databar
+from services.scale.metadata import MetaReading, read_metadata
+from services.scale.units import nice_value, normalise_unit, parse_length, scale_bin, snap_nice, to_nm
+
+log = logging.getLogger(__name__)
+DISAGREEMENT_LIMIT = 0.05
+DEFAULT_MAX_PIXELS = 150_000_000
 
 
 @dataclass
@@ -23,8 +40,277 @@ class ScaleResult:
     reason: str | None = None
 
     def row(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain Python values (no NumPy scalars), ready for JSON columns."""
+        return _plain(asdict(self))
+
+    @property
+    def scale_nm(self) -> float | None:
+        if self.scale_value is None or self.scale_unit is None:
+            return None
+        return to_nm(self.scale_value, self.scale_unit)
+
+    @property
+    def scale_bin(self) -> str | None:
+        return scale_bin(self.scale_nm)
 
 
-def read_scale(path: Path | str, gray: np.ndarray | None = None, sidecar: Path | str | None = None) -> ScaleResult:
-    return ScaleResult(reason="not read: no scale reader installed yet")
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+@dataclass
+class OcrReading:
+    scale_value: float | None = None
+    scale_unit: str | None = None
+    bar_px: float | None = None
+    pixel_size_nm: float | None = None
+    confidence: float = 0.0
+    fields: dict[str, Any] = field(default_factory=dict)
+    databar_box: list[int] | None = None
+    label_text: str | None = None
+    reason: str | None = None
+
+
+def _gap(label: ocr.Label, bar: Bar) -> float:
+    """Distance between a label's box and a bar's box (0 when they touch or overlap)."""
+    lx0, ly0, lx1, ly1 = label.box
+    dx = max(0.0, bar.left - lx1, lx0 - bar.right)
+    dy = max(0.0, bar.top - ly1, ly0 - bar.bottom)
+    return float(np.hypot(dx, dy))
+
+
+def _inside_text(bar: Bar, words: list[ocr.Word]) -> bool:
+    """A 'bar' lying within a word's box is a glyph stroke (=, -, T), not a scale bar."""
+    for w in words:
+        if sum(ch.isalnum() for ch in w.text) < 2 or any(ch in w.text for ch in "-_—–|"):
+            continue
+        if (w.left - 2 <= bar.left and bar.right <= w.left + w.width + 2
+                and w.top + 0.15 * w.height <= bar.y <= w.top + 0.85 * w.height
+                and bar.length <= 0.6 * w.width):
+            return True
+    return False
+
+
+def _pair(labels: list[ocr.Label], bars: list[Bar], mag: float | None = None,
+          width: int = 0) -> tuple[ocr.Label | None, Bar | None]:
+    best, best_score = (None, None), None
+    for lab in labels:
+        lh = max(6.0, lab.box[3] - lab.box[1])
+        for bar in bars:
+            d = _gap(lab, bar)
+            if d > 4.5 * lh + 10 or bar.length < 0.8 * lh:
+                continue
+            score = d / lh - (0.5 if bar.kind in ("capped", "ruler") else 0.0) - min(bar.length, 400) / 400
+            ratio = mag_ratio(to_nm(lab.value, lab.unit) / bar.length, mag, width) if mag else None
+            if ratio is not None:
+                score += 0.0 if 0.3 <= ratio <= 3.5 else 3.0
+            if best_score is None or score < best_score:
+                best, best_score = (lab, bar), score
+    if best[0] is None and labels:
+        return labels[0], None
+    return best
+
+
+# Magnification is defined against a reference display width; 127 mm (Polaroid 545) is the
+# classic one, modern instruments use 100–300 mm. Enough to tell µm from mm or nm.
+MAG_REFERENCE_NM = 127e6
+
+
+def parse_mag(text: str | None) -> float | None:
+    """'X3,500' -> 3500, 'x10.0k' -> 10000, '50.00 K X' -> 50000, '35 000 x' -> 35000."""
+    if not text:
+        return None
+    import re
+
+    m = re.search(r"(\d[\d\s.,]*)\s*([kK])?", text)
+    if not m:
+        return None
+    num = m.group(1).strip().replace(" ", "")
+    if "," in num and "." not in num and len(num.split(",")[-1]) == 3:
+        num = num.replace(",", "")
+    num = num.replace(",", ".")
+    try:
+        value = float(num)
+    except ValueError:
+        return None
+    if m.group(2):
+        value *= 1000
+    return value if 1 <= value <= 5e6 else None
+
+
+def mag_ratio(pixel_size_nm: float, mag: float | None, width: int) -> float | None:
+    """Measured pixel size ÷ the one the magnification implies (≈1 when consistent)."""
+    if not mag or not pixel_size_nm:
+        return None
+    return pixel_size_nm / (MAG_REFERENCE_NM / mag / width)
+
+
+def _field_width_px(fields: dict, width: int) -> float | None:
+    q = parse_length(fields.get("field_width", "")) if fields.get("field_width") else None
+    return to_nm(*q) / width if q else None
+
+
+def read_ocr(gray: np.ndarray) -> OcrReading:
+    h, w = gray.shape
+    r = OcrReading()
+    box = find_databar(gray)
+    if box is not None:
+        r.databar_box = list(box)
+        bars = find_bars(gray, box)
+        x0, y0, x1, y1 = box
+        crop = gray[y0:y1, x0:x1]
+        scale = 3.0 if (y1 - y0) < 90 else 2.0
+        words = ocr.read_words(crop, (x0, y0), scale=scale)
+    else:
+        bars = find_bars(gray)[:3]
+        words = []
+        for bar in bars:
+            pad_x = int(max(bar.right - bar.left, 60))
+            pad_y = int(max(30, 0.6 * (bar.right - bar.left)))
+            cx0, cy0 = max(0, bar.left - pad_x), max(0, bar.top - pad_y)
+            cx1, cy1 = min(w, bar.right + pad_x), min(h, bar.bottom + pad_y)
+            words += ocr.read_words(gray[cy0:cy1, cx0:cx1], (cx0, cy0), scale=3.0)
+    text = "\n".join(" ".join(x.text for x in line) for line in ocr.lines_of(words))
+    r.fields = ocr.parse_fields(text)
+    labels = ocr.find_labels(words)
+    bars = [b for b in bars if not _inside_text(b, words)]
+    if not labels:
+        r.reason = "no scale label found in the data bar" if box else "no data bar and no labelled scale bar found"
+        if bars:
+            r.bar_px = round(bars[0].length, 1)
+        return r
+    label, bar = _pair(labels, bars, parse_mag(r.fields.get("mag")), w)
+    r.scale_value, r.scale_unit, r.label_text = label.value, label.unit, label.text
+    conf = 0.45
+    if bar is not None:
+        r.bar_px = round(bar.length, 1)
+        r.pixel_size_nm = to_nm(label.value, label.unit) / bar.length
+        conf += 0.2
+    else:
+        r.reason = "scale label read but no scale bar found next to it"
+    conf += 0.1 if nice_value(label.value) else -0.25
+    conf += 0.1 if label.conf >= 80 else (-0.1 if label.conf < 50 else 0.0)
+    if label.guessed_unit:
+        conf -= 0.1
+    ratio = mag_ratio(r.pixel_size_nm, parse_mag(r.fields.get("mag")), w) if r.pixel_size_nm else None
+    if ratio is not None:
+        r.fields["mag_check"] = round(ratio, 3)
+        if 0.3 <= ratio <= 3.5:
+            conf += 0.1
+        else:
+            # a unit misread (µm as mm, nm as µm) is off by 1000×: try the neighbouring unit
+            alt_unit = {"mm": "µm", "µm": "nm" if ratio > 1 else "mm", "nm": "µm"}.get(label.unit)
+            alt_ratio = ratio * (to_nm(1, alt_unit) / to_nm(1, label.unit)) if alt_unit else None
+            if alt_ratio is not None and 0.3 <= alt_ratio <= 3.5:
+                r.fields["unit_corrected_from"] = label.unit
+                r.scale_unit = alt_unit
+                r.pixel_size_nm = to_nm(label.value, alt_unit) / bar.length if bar is not None else None
+                conf = min(conf, 0.5)
+            else:
+                conf = min(conf, 0.2)
+    elif label.unit == "mm":
+        conf = min(conf, 0.4)  # mm scale bars are rare and 'µm' is often read as 'mm'
+    fw_px = _field_width_px(r.fields, w)
+    if fw_px and r.pixel_size_nm:
+        rel = abs(fw_px - r.pixel_size_nm) / fw_px
+        r.fields["field_width_check"] = round(rel, 4)
+        conf = max(conf, 0.95) if rel <= 0.03 else min(conf, 0.3)
+    r.confidence = float(np.clip(conf, 0.0, 0.99))
+    return r
+
+
+def _meta_detail(m: MetaReading) -> dict[str, Any]:
+    return {"vendor": m.vendor, "pixel_size_nm": m.pixel_size_nm, "from": m.pixel_size_from,
+            "field_width_nm": m.field_width_nm, "cross_check": m.cross_check, "reason": m.reason}
+
+
+def _ocr_detail(o: OcrReading) -> dict[str, Any]:
+    return {"scale_value": o.scale_value, "scale_unit": o.scale_unit, "bar_px": o.bar_px,
+            "pixel_size_nm": o.pixel_size_nm, "confidence": o.confidence, "label_text": o.label_text,
+            "reason": o.reason}
+
+
+def combine(meta: MetaReading | None, o: OcrReading) -> ScaleResult:
+    res = ScaleResult(databar_box=o.databar_box)
+    res.fields = {**o.fields, **(meta.fields if meta else {})}
+    res.detail = {"ocr": _ocr_detail(o)}
+    if meta is not None:
+        res.detail["metadata"] = _meta_detail(meta)
+    if meta is not None and meta.pixel_size_nm:
+        px = meta.pixel_size_nm
+        res.source, res.pixel_size_nm = "metadata", round(px, 6)
+        res.confidence = 0.99
+        res.bar_px = o.bar_px or meta.bar_px
+        if o.scale_value and o.pixel_size_nm:
+            dis = abs(o.pixel_size_nm - px) / px
+            res.detail["disagreement"] = round(dis, 4)
+            res.detail["disagree"] = dis > DISAGREEMENT_LIMIT
+        if o.scale_value and o.pixel_size_nm and not res.detail.get("disagree"):
+            res.scale_value, res.scale_unit = o.scale_value, o.scale_unit  # label and bar agree with metadata
+        elif meta.scale_value:
+            res.scale_value, res.scale_unit = meta.scale_value, meta.scale_unit
+        elif res.bar_px:
+            snapped = snap_nice(res.bar_px * px)
+            if snapped:  # the bar's label, derived from its measured length and the exact pixel size
+                res.scale_value, res.scale_unit = snapped
+                res.detail["label_from"] = "bar length × metadata pixel size"
+        if res.scale_value is None:
+            res.reason = "pixel size from metadata; no scale bar label read"
+        return res
+    if o.scale_value is not None:
+        res.source = "ocr"
+        res.scale_value, res.scale_unit = o.scale_value, o.scale_unit
+        res.bar_px, res.pixel_size_nm = o.bar_px, (round(o.pixel_size_nm, 6) if o.pixel_size_nm else None)
+        res.confidence = round(o.confidence, 3)
+        res.reason = o.reason
+        if meta is not None and meta.reason:
+            res.detail["metadata_rejected"] = meta.reason
+        return res
+    res.source = "none"
+    reasons = [x for x in (meta.reason if meta else None, o.reason) if x]
+    res.reason = "; ".join(reasons) or "no metadata and no readable data bar"
+    res.bar_px = None
+    return res
+
+
+def read_scale(path: Path | str, gray: np.ndarray | None = None, sidecar: Path | str | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> ScaleResult:
+    """Read the scale of one image file (raises ImageRejected only if it cannot be decoded)."""
+    if gray is None:
+        gray = load_gray(path, max_pixels)
+    h, w = gray.shape
+    try:
+        meta = read_metadata(path, w, h, sidecar)
+    except Exception as exc:  # noqa: BLE001  (a broken tag must never stop the OCR path)
+        meta = MetaReading("unknown", reason=f"metadata unreadable: {type(exc).__name__}: {exc}")
+    try:
+        o = read_ocr(gray)
+    except Exception as exc:  # noqa: BLE001
+        log.exception("OCR failed on %s", path)
+        o = OcrReading(reason=f"OCR failed: {type(exc).__name__}: {exc}")
+    res = combine(meta, o)
+    if res.scale_unit:
+        res.scale_unit = normalise_unit(res.scale_unit)
+    res.detail["scale_bin"] = res.scale_bin
+    for name, value in _plain(asdict(res)).items():
+        setattr(res, name, value)
+    return res
+
+
+def sidecar_for(path: Path) -> Path | None:
+    """The instrument's text sidecar beside an image: same stem, .txt (any case)."""
+    for suffix in (".txt", ".TXT", ".Txt"):
+        cand = path.with_suffix(suffix)
+        if cand.exists() and cand != path:
+            return cand
+    return None

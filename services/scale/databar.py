@@ -1,0 +1,182 @@
+"""Locating the instrument's data bar and the scale bar inside it (OpenCV, NumPy).
+
+The data bar is the flat band of text and lines at the bottom of most SEM images (bright or
+dark, vendor-dependent height); without one, the scale bar may be drawn over the image. A
+scale bar is a long thin horizontal line or rectangle, possibly with end ticks, or a ruler
+of evenly spaced ticks (Hitachi TM). Its length is measured between the centres of its end
+ticks when it has them, over its whole run otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class Bar:
+    x0: float  # start and end of the measured length (px, image coordinates)
+    x1: float
+    y: int  # row of the bar's core
+    top: int  # bounding box of the drawn bar (ticks included)
+    bottom: int
+    left: int
+    right: int
+    kind: str  # line | capped | ruler
+
+    @property
+    def length(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def cx(self) -> float:
+        return (self.left + self.right) / 2
+
+
+def _background_value(gray: np.ndarray) -> int:
+    """The commonest grey level of the bottom rows: the data bar's background if there is one."""
+    h = gray.shape[0]
+    bottom = gray[h - max(4, h // 20):]
+    hist = np.bincount(bottom.ravel(), minlength=256)
+    return int(hist.argmax())
+
+
+def find_databar(gray: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the data bar at the bottom of the image, or None.
+
+    Rows of the bar are mostly the bar's background grey (text and lines are sparse); the
+    bar grows upward from the bottom while rows stay so, tolerating a few rows of text.
+    """
+    h, w = gray.shape
+    if h < 40 or w < 40:
+        return None
+    bg = _background_value(gray)
+    near = (np.abs(gray.astype(np.int16) - bg) <= 12).mean(axis=1)
+    limit = int(h * 0.45)
+    top = h
+    misses = 0
+    y = h - 1
+    while y >= h - limit:
+        if near[y] >= 0.5:
+            top = y
+            misses = 0
+        else:
+            misses += 1
+            if misses > max(6, h // 60):  # a text line is at most this tall on mostly-background rows
+                break
+        y -= 1
+    height = h - top
+    if height < max(12, 0.03 * h):
+        return None
+    band = gray[top:]
+    ink = (np.abs(band.astype(np.int16) - bg) > 60).mean()
+    if ink < 0.003:
+        return None
+    return (0, int(top), int(w), int(h))
+
+
+def _foreground(region: np.ndarray) -> np.ndarray:
+    bg = float(np.median(region))
+    diff = np.abs(region.astype(np.int16) - bg)
+    return (diff > max(50, 0.35 * max(bg, 255 - bg))).astype(np.uint8)
+
+
+def _ticks(comp: np.ndarray, core_rows: np.ndarray) -> tuple[float | None, float | None]:
+    """Centres of the end ticks rising above/below the core of a bar (None where there is none)."""
+    core = np.zeros(comp.shape[0], bool)
+    core[core_rows] = True
+    off_core = comp[~core].sum(axis=0) if (~core).any() else np.zeros(comp.shape[1])
+    tick_cols = np.nonzero(off_core >= 2)[0]
+    span = comp.shape[1]
+    edge = max(3, span * 0.12)
+    left = tick_cols[tick_cols < edge]
+    right = tick_cols[tick_cols >= span - edge]
+    # a tick is narrow; a wide block at an end is a glyph touching the line, not a tick
+    lt = float(left.mean()) if left.size and left.size <= max(4, span * 0.08) else None
+    rt = float(right.mean()) if right.size and right.size <= max(4, span * 0.08) else None
+    return lt, rt
+
+
+def find_bars(gray: np.ndarray, box: tuple[int, int, int, int] | None = None) -> list[Bar]:
+    """Candidate scale bars in ``box`` (default: the whole image), longest first."""
+    x0b, y0b, x1b, y1b = box or (0, 0, gray.shape[1], gray.shape[0])
+    region = gray[y0b:y1b, x0b:x1b]
+    rh, rw = region.shape
+    mask = _foreground(region)
+    mask[:1] = 0  # the first row may still be image
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    min_len = max(12, int(0.012 * gray.shape[1]))
+    bars: list[Bar] = []
+    halves: list[tuple[Bar, float | None, float | None, int]] = []
+    small = []
+    for i in range(1, n):
+        x, y, w, h, area = stats[i]
+        if 1 <= w <= 6 and h >= 4 and h >= 2 * w and area >= 0.6 * w * h:
+            small.append((x + w / 2, y, h, y + h))
+            continue
+        if w < min_len or w > 0.9 * rw or y + h >= rh:
+            continue
+        comp = labels[y:y + h, x:x + w] == i
+        counts = comp.sum(axis=1)
+        core_rows = np.nonzero(counts >= 0.85 * w)[0]
+        if core_rows.size == 0 or np.ptp(core_rows) + 1 != core_rows.size:
+            continue
+        thick = core_rows.size
+        if thick > max(3, 0.25 * w) or h > max(0.6 * w, thick + 40):
+            continue
+        lt, rt = _ticks(comp, core_rows)
+        yc = int(y0b + y + core_rows.mean())
+        if lt is not None and rt is not None:
+            bars.append(Bar(x0b + x + lt, x0b + x + rt, yc, y0b + y, y0b + y + h, x0b + x, x0b + x + w, "capped"))
+        elif lt is None and rt is None:
+            if h > thick + 2:
+                continue  # a thick thing with strokes attached: text, not a bar
+            bars.append(Bar(x0b + x, x0b + x + w, yc, y0b + y, y0b + y + h, x0b + x, x0b + x + w, "line"))
+        else:
+            part = Bar(x0b + x + (lt or 0), x0b + x + (rt if rt is not None else w), yc, y0b + y, y0b + y + h,
+                       x0b + x, x0b + x + w, "half")
+            halves.append((part, lt, rt, thick))
+    bars.extend(_join_halves(halves))
+    bars.extend(_rulers(small, x0b, y0b, gray.shape[1]))
+    bars.sort(key=lambda b: -b.length)
+    return bars
+
+
+def _join_halves(halves: list) -> list[Bar]:
+    """A capped bar interrupted by its label: a left-capped and a right-capped part on one row."""
+    out = []
+    lefts = [h for h in halves if h[1] is not None]
+    rights = [h for h in halves if h[2] is not None]
+    for lb, _, _, lthick in lefts:
+        for rb, _, _, rthick in rights:
+            gap = rb.left - lb.right
+            if abs(lb.y - rb.y) <= 1 and lthick == rthick and 0 < gap <= 1.2 * (lb.length + rb.length):
+                out.append(Bar(lb.x0, rb.x1, lb.y, min(lb.top, rb.top), max(lb.bottom, rb.bottom),
+                               lb.left, rb.right, "capped"))
+    return out
+
+
+def _rulers(ticks: list[tuple[float, int, int, int]], ox: int, oy: int, width: int) -> list[Bar]:
+    """Rows of ≥ 5 evenly spaced small vertical ticks (Hitachi TM-style scale)."""
+    out = []
+    ticks = sorted(ticks)
+    used = set()
+    for i, (cx, ty, th, tb) in enumerate(ticks):
+        if i in used:
+            continue
+        row = [(cx, ty, th, tb)]
+        for j in range(i + 1, len(ticks)):
+            c2, y2, h2, b2 = ticks[j]
+            if abs(b2 - tb) <= 2 and c2 - row[-1][0] < 0.1 * width:
+                row.append(ticks[j])
+                used.add(j)
+        if len(row) >= 5:
+            gaps = np.diff([r[0] for r in row])
+            if gaps.min() > 2 and gaps.max() <= 1.35 * np.median(gaps):
+                top = min(r[1] for r in row)
+                bottom = max(r[3] for r in row)
+                out.append(Bar(ox + row[0][0], ox + row[-1][0], oy + int(bottom - 1), oy + top, oy + bottom,
+                               ox + int(row[0][0]) - 2, ox + int(row[-1][0]) + 2, "ruler"))
+    return out

@@ -1,0 +1,217 @@
+"""Reading the data bar's text with Tesseract (LSTM engine) and parsing it.
+
+The label of the scale bar is read from targeted crops around the bar (upscaled, binarised);
+the rest of the bar (Mag, kV, WD, detector, date, vendor) from the whole data bar. Parsing
+tolerates Tesseract's usual confusions: µ read as u, p, y, T, d or j; O/0, l/1, S/5.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pytesseract
+
+from services.scale.units import normalise_unit
+
+TESS_CONFIG = "--oem 1 --psm {psm}"
+# One OpenMP thread per Tesseract call: on small crops extra threads cost more than they give,
+# and workers already run one task per core.
+os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+
+
+@dataclass
+class Word:
+    text: str
+    conf: float
+    left: int
+    top: int
+    width: int
+    height: int
+
+    @property
+    def cx(self) -> float:
+        return self.left + self.width / 2
+
+    @property
+    def cy(self) -> float:
+        return self.top + self.height / 2
+
+
+def prepare(crop: np.ndarray, scale: float = 3.0) -> np.ndarray:
+    """Upscale and binarise to dark text on white, as Tesseract prefers."""
+    big = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    _, bw = cv2.threshold(big, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    if (bw == 0).mean() > 0.5:  # light text on dark: invert
+        bw = 255 - bw
+    return cv2.copyMakeBorder(bw, 12, 12, 12, 12, cv2.BORDER_CONSTANT, value=255)
+
+
+def read_words(crop: np.ndarray, origin: tuple[int, int] = (0, 0), scale: float = 3.0, psm: int = 11) -> list[Word]:
+    """Words with their boxes in image coordinates."""
+    if crop.size == 0 or min(crop.shape) < 4:
+        return []
+    img = prepare(crop, scale)
+    data = pytesseract.image_to_data(img, config=TESS_CONFIG.format(psm=psm), output_type=pytesseract.Output.DICT)
+    words = []
+    for i, text in enumerate(data["text"]):
+        text = (text or "").strip()
+        if not text:
+            continue
+        conf = float(data["conf"][i])
+        x = (data["left"][i] - 12) / scale + origin[0]
+        y = (data["top"][i] - 12) / scale + origin[1]
+        words.append(Word(text, conf, int(x), int(y), int(data["width"][i] / scale), int(data["height"][i] / scale)))
+    return words
+
+
+def lines_of(words: list[Word]) -> list[list[Word]]:
+    """Words grouped into text lines (by vertical overlap), each sorted left to right."""
+    lines: list[list[Word]] = []
+    for w in sorted(words, key=lambda w: (w.cy, w.left)):
+        for line in lines:
+            ref = line[0]
+            if abs(w.cy - ref.cy) <= 0.6 * max(ref.height, w.height, 4):
+                line.append(w)
+                break
+        else:
+            lines.append([w])
+    return [sorted(line, key=lambda w: w.left) for line in lines]
+
+
+# ---- parsing -----------------------------------------------------------------------------
+
+_MU = "µμupyTdja"
+_QTY = re.compile(
+    r"(?<![\w.])(?P<num>[0-9OoIl|SB]{1,4}(?:[.,][0-9Oo]{1,3})?)\s*(?P<unit>[" + _MU + r"]m|nm|mm|m)(?P<star>\*?)(?![A-Za-z])"
+)
+_FIELD_LABELS = re.compile(
+    r"(WD|Width|Height|HFW|VFW|FOV|Focus|Aperture|Size|Pixel|Field|View|Depth|Stage|Z|X|Y|Dist)\s*[:=]?\s*$",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class Label:
+    value: float
+    unit: str
+    text: str
+    guessed_unit: bool  # µ inferred from a look-alike (p, y, T, d, j)
+    words: list[Word]
+
+    @property
+    def conf(self) -> float:
+        return float(np.mean([w.conf for w in self.words])) if self.words else 0.0
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return (min(w.left for w in self.words), min(w.top for w in self.words),
+                max(w.left + w.width for w in self.words), max(w.top + w.height for w in self.words))
+
+
+def _fix_digits(num: str) -> str:
+    return num.translate(str.maketrans({"O": "0", "o": "0", "I": "1", "l": "1", "|": "1", "S": "5", "B": "8"}))
+
+
+_HEADER = re.compile(r"^(WD|HFW|VFW|FOV|Width|Height|Focus|Aperture|pressure|Depth)$", re.IGNORECASE)
+
+
+def _under_field_header(label_words: list[Word], words: list[Word]) -> bool:
+    """FEI-style cells: a value under a 'WD'/'HFW' header word is that field, not the scale."""
+    lx0 = min(w.left for w in label_words)
+    lx1 = max(w.left + w.width for w in label_words)
+    ly0 = min(w.top for w in label_words)
+    lh = max(w.height for w in label_words)
+    for w in words:
+        if _HEADER.match(w.text.strip(":=")) and w.top < ly0 and ly0 - (w.top + w.height) < 2.5 * lh:
+            if w.left < lx1 and w.left + w.width > lx0 - 0.5 * lh:
+                return True
+    return False
+
+
+def find_labels(words: list[Word]) -> list[Label]:
+    """Length quantities ('200 nm', '1 µm', '10.0um') in reading order, other fields excluded."""
+    labels = []
+    for line in lines_of(words):
+        # join the line keeping word boundaries, remember which word each character came from
+        text, owner = "", []
+        for w in line:
+            if text:
+                text += " "
+                owner.append(None)
+            text += w.text
+            owner.extend([w] * len(w.text))
+        for m in _QTY.finditer(text):
+            before = text[: m.start()]
+            if _FIELD_LABELS.search(before) or re.search(r"(WD|HFW|FOV|Width|VFW)\s*[:=]?\s*\S*$", before):
+                continue
+            num = _fix_digits(m.group("num"))
+            if not re.fullmatch(r"\d+(?:[.,]\d+)?", num):
+                continue
+            unit_raw = m.group("unit")
+            guessed = False
+            if unit_raw[0] in _MU and unit_raw not in ("nm", "mm"):
+                guessed = unit_raw[0] not in "µμu"
+                unit_raw = "µm"
+            unit = normalise_unit(unit_raw)
+            value = float(num.replace(",", "."))
+            if unit is None or value <= 0:
+                continue
+            if unit == "m":
+                continue  # a bare 'm' is never a scale-bar unit on an SEM
+            ws = sorted({id(o): o for o in owner[m.start():m.end()] if o is not None}.values(), key=lambda w: w.left)
+            if _under_field_header(ws, words):
+                continue
+            labels.append(Label(value, unit, m.group(0).strip(), guessed, ws))
+    return labels
+
+
+# ---- other fields of the data bar --------------------------------------------------------
+
+_VENDORS = [
+    ("Zeiss", re.compile(r"ZEISS|Signal A|EHT\s*=|Mag\s*=|Photo No", re.I)),
+    ("FEI/Thermo", re.compile(r"\bHFW\b|\bdwell\b|\bdet\b.*\bmode\b|Helios|Quanta|Teneo|Nova|Apreo", re.I)),
+    ("TESCAN", re.compile(r"TESCAN|View field|SEM HV|SEM MAG|Det:?\s*(SE|BSE|In-?Beam)", re.I)),
+    ("Hitachi", re.compile(r"\bTM[1-4]\d{3}\b|\bSU\d{3,4}\b|Hitachi|\bS-\d{4}\b", re.I)),
+    ("JEOL", re.compile(r"JEOL|\bSEI\b|\bLEI\b|\bCOMPO\b|\bLABE\b|\bJSM\b", re.I)),
+]
+
+
+def parse_fields(text: str) -> dict:
+    f: dict = {}
+    t = text.replace("\u03bc", "\u00b5")
+    m = re.search(r"Mag\s*[=:]?\s*(\d[\d.,]*\s*[kK]?\s*[xX]\b|\d[\d.,]*\s*[kK]?x)", t) or \
+        re.search(r"(?<![\w.])[xX×](\d[\d.,]*[kK]?)(?![\w.])", t) or \
+        re.search(r"(?<![\w.,])(\d{1,3}(?:[ ,]\d{3})+\s*[xX]|\d[\d.,]*\s*[kK]?\s*[xX])(?![\w])", t)
+    if not m:  # JEOL writes 'X3,500'; Tesseract often drops the X
+        m = re.search(r"(?<![\w.,])(\d{1,3},\d{3})(?![\w.,])", t)
+    if m:
+        f["mag"] = m.group(1).strip()
+    m = re.search(r"(\d+(?:[.,]\d+)?)\s*kV", t, re.I)
+    if m:
+        f["hv_kv"] = float(m.group(1).replace(",", "."))
+    m = re.search(r"WD\s*[=:]?\s*(\d+(?:[.,]\d+)?)\s*(mm|[µu]m)", t)
+    if m:
+        v = float(m.group(1).replace(",", "."))
+        f["wd_mm"] = v if m.group(2) == "mm" else v / 1000
+    m = re.search(r"(?:Signal\s*A|Detector|Det)\s*[=:]?\s*([A-Za-z][\w-]*)", t)
+    if m:
+        f["detector"] = m.group(1)
+    else:
+        m = re.search(r"\b(SEI|LEI|BSE|BSD|SE2|InLens|ETD|TLD|CBS|SE)\b", t)
+        if m:
+            f["detector"] = m.group(1)
+    m = re.search(r"\b(\d{4}[/.-]\d{1,2}[/.-]\d{1,2}|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}|\d{1,2}\s+[A-Z][a-z]{2}\s+\d{4})\b", t)
+    if m:
+        f["date"] = m.group(1)
+    for vendor, pattern in _VENDORS:
+        if pattern.search(t):
+            f["vendor"] = vendor
+            break
+    m = re.search(r"(?:HFW|FOV|Width|View field)\s*[=:]?\s*(\d+(?:[.,]\d+)?)\s*(?:x\s*[\d.,]+\s*)?(nm|[µu]m|mm)", t)
+    if m:
+        f["field_width"] = f"{m.group(1)} {normalise_unit(m.group(2)) or m.group(2)}"
+    return f
