@@ -113,7 +113,7 @@ def find_bars(gray: np.ndarray, box: tuple[int, int, int, int] | None = None) ->
     small = []
     for i in range(1, n):
         x, y, w, h, area = stats[i]
-        if 1 <= w <= 6 and h >= 4 and h >= 2 * w and area >= 0.6 * w * h:
+        if 1 <= w <= 6 and h >= 4 and h >= 2 * w and area >= 0.6 * w * h and y + h < rh:
             small.append((x + w / 2, y, h, y + h))
             continue
         if w < min_len or w > 0.9 * rw or y + h >= rh:
