@@ -110,6 +110,13 @@ def read_zeiss(tag: dict, width: int) -> MetaReading:
     return _finish(r, width)
 
 
+def _copy_text(fields: dict[str, Any], kv: dict[str, str], names: dict[str, str]) -> None:
+    """Copy non-empty text entries: ``names`` maps our field name to the vendor's key."""
+    for ours, theirs in names.items():
+        if kv.get(theirs):
+            fields[ours] = kv[theirs]
+
+
 def to_kv(value: Any, unit: str = "kV") -> float:
     v = float(value)
     u = (unit or "kV").strip().lower()
@@ -195,12 +202,7 @@ def read_tescan(raw: bytes | str, width: int) -> MetaReading:
     mag = _num(kv, "Magnification")
     if mag:
         f["mag"] = f"{mag:.4g} x"
-    if kv.get("Detector"):
-        f["detector"] = kv["Detector"]
-    if kv.get("Date"):
-        f["date"] = kv["Date"]
-    if kv.get("Device"):
-        f["instrument"] = kv["Device"]
+    _copy_text(f, kv, {"detector": "Detector", "date": "Date", "instrument": "Device"})
     f["vendor"] = "TESCAN"
     return _finish(r, width)
 
@@ -263,12 +265,7 @@ def read_hitachi(kv: dict[str, str], width: int, height: int) -> MetaReading:
         f["wd_mm"] = round(to_nm(float(m.group(1)), m.group(2)) / 1e6, 4)
     if kv.get("Magnification"):
         f["mag"] = f"x{kv['Magnification']}"
-    if kv.get("SignalName"):
-        f["detector"] = kv["SignalName"]
-    if kv.get("Date"):
-        f["date"] = kv["Date"]
-    if kv.get("InstructName"):
-        f["instrument"] = kv["InstructName"]
+    _copy_text(f, kv, {"detector": "SignalName", "date": "Date", "instrument": "InstructName"})
     f["vendor"] = "Hitachi"
     return _finish(r, width)
 
@@ -276,14 +273,13 @@ def read_hitachi(kv: dict[str, str], width: int, height: int) -> MetaReading:
 def read_jeol(kv: dict[str, str], width: int, height: int) -> MetaReading:
     """JEOL sidecar: ``$CM_MAG``, ``$CM_ACCEL_VOLT``, ``$SM_MICRON_BAR`` (px), ``$SM_MICRON_MARKER`` (label)."""
     r = MetaReading("JEOL")
-    fields = kv
-    size = fields.get("CM_FULL_SIZE") or fields.get("SM_SCREEN_SIZE")
+    size = kv.get("CM_FULL_SIZE") or kv.get("SM_SCREEN_SIZE")
     mismatch = _size_mismatch(size, width, height) if size else None
     if mismatch:
         r.reason = mismatch
         return r
-    bar = _num(fields, "SM_MICRON_BAR")
-    marker = fields.get("SM_MICRON_MARKER")
+    bar = _num(kv, "SM_MICRON_BAR")
+    marker = kv.get("SM_MICRON_MARKER")
     if marker:
         from services.scale.units import parse_length
 
@@ -295,20 +291,15 @@ def read_jeol(kv: dict[str, str], width: int, height: int) -> MetaReading:
         r.pixel_size_nm = to_nm(r.scale_value, r.scale_unit) / bar
         r.pixel_size_from = "$SM_MICRON_MARKER / $SM_MICRON_BAR"
     f = r.fields
-    if _num(fields, "CM_MAG"):
-        f["mag"] = f"x{fields['CM_MAG']}"
-    hv = _num(fields, "CM_ACCEL_VOLT")
+    if _num(kv, "CM_MAG"):
+        f["mag"] = f"x{kv['CM_MAG']}"
+    hv = _num(kv, "CM_ACCEL_VOLT")
     if hv:
         f["hv_kv"] = hv / 1000.0 if hv > 100 else hv
-    wd = _num(fields, "SM_WD")
+    wd = _num(kv, "SM_WD")
     if wd:
         f["wd_mm"] = wd
-    if fields.get("CM_SIGNAL"):
-        f["detector"] = fields["CM_SIGNAL"]
-    if fields.get("CM_DATE"):
-        f["date"] = fields["CM_DATE"]
-    if fields.get("CM_INSTRUMENT"):
-        f["instrument"] = fields["CM_INSTRUMENT"]
+    _copy_text(f, kv, {"detector": "CM_SIGNAL", "date": "CM_DATE", "instrument": "CM_INSTRUMENT"})
     f["vendor"] = "JEOL"
     return _finish(r, width)
 
