@@ -45,6 +45,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         import workers.metrics  # noqa: F401
 
         start_http_server(args.metrics_port or s.worker_metrics_port)
+    if "inference" in queues:
+        # celery-batches caps a batch at prefetch × concurrency: prefetch enough to fill two batches.
+        app.conf.worker_prefetch_multiplier = max(1, 2 * s.inference_batch_size)
     argv = ["worker", "-Q", ",".join(queues), "--loglevel", args.loglevel, "-c", str(args.concurrency),
             "-n", args.name or f"semtag-{'-'.join(queues)}@%h", "--pool", args.pool]
     if args.beat:
@@ -142,6 +145,157 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 1 if unreadable else 0
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    """One JSON object per image with the given or the active model; exit 1 when some file could not be read."""
+    import json
+
+    from services.inference import Engine
+
+    s = _settings()
+    model_path = args.model
+    version = None
+    if model_path is None:
+        from models import registry
+        from services import migrate
+        from services.db import session_scope
+
+        migrate.upgrade(s.effective_database_url)
+        with session_scope(s.effective_database_url) as session:
+            row = registry.active(session)
+            if row is None:
+                print("semtag classify: no active model; give --model FILE.onnx or activate one with "
+                      "`semtag models activate VERSION`", file=sys.stderr)
+                return 2
+            model_path, version = row.file_path, row.version
+    engine = Engine(model_path, threads=args.threads, review_threshold=s.review_confidence_threshold,
+                    max_pixels=s.max_pixels)
+    version = version or engine.version_hint
+    paths = list(_iter_images(args.paths))
+    unreadable = 0
+    with _bar(len(paths), "classify") as bar:
+        for path, res, err in engine.classify_paths(paths, batch_size=args.batch_size):
+            bar.update(1)
+            if res is None:
+                unreadable += 1
+                print(f"semtag classify: {path}: cannot be read: {err}", file=sys.stderr)
+                continue
+            row = {"file": str(path), **res.to_dict(), "probabilities": dict(zip(engine.classes, res.probabilities)),
+                   "model": version}
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                flag = "  needs review" if res.needs_review else ""
+                print(f"{path}\t{res.category}\t{res.confidence:.3f}{flag}", flush=True)
+    return 1 if unreadable else 0
+
+
+def _bar(total: int, desc: str):  # noqa: ANN202
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=None)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from services.synth import write_dataset
+
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        print(f"semtag synth: --size must look like 1024x768, got {args.size!r}", file=sys.stderr)
+        return 2
+    with _bar(args.per_class * 10, "synth") as bar:
+        rows = write_dataset(args.out, args.per_class, w, h, args.seed, args.format,
+                             progress=lambda n, total: bar.update(1))
+    print(f"wrote {len(rows)} synthetic images (10 categories) and MANIFEST.tsv to {args.out}; "
+          "synthetic data: its accuracy is not accuracy on real SEM images")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from models.training import TrainConfig, train
+
+    cfg = TrainConfig(data=args.data, arch=args.arch, mode=args.mode, out=args.out, init=args.init,
+                      epochs=args.epochs, fe_epochs=args.fe_epochs, batch_size=args.batch_size,
+                      image_size=args.image_size, lr=args.lr, seed=args.seed, augment=not args.no_augment)
+    report = train(cfg)
+    summary = {k: report[k] for k in ("arch", "mode", "epochs", "train_seconds", "temperature") if k in report}
+    if "test" in report:
+        summary["test_accuracy"], summary["test_macro_f1"] = report["test"]["accuracy"], report["test"]["macro_f1"]
+        summary["ece_before"] = report["calibration"]["ece_before"]
+        summary["ece_after"] = report["calibration"]["ece_after"]
+    print(json.dumps({"run": args.out, **summary}))
+    return 0
+
+
+def cmd_plot_training(args: argparse.Namespace) -> int:
+    from models.training import plot_training
+
+    print(plot_training(args.runs, args.out, args.metric))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from models.export import export_run
+
+    result = export_run(args.run, int8=args.int8)
+    if not args.no_register:
+        from models import registry
+        from services import migrate
+        from services.db import session_scope
+
+        s = _settings()
+        migrate.upgrade(s.effective_database_url)
+        with session_scope(s.effective_database_url) as session:
+            for key in ("fp32", "int8"):
+                if key in result:
+                    row = registry.register(session, result[key], s.data_dir / "models")
+                    result[f"{key}_version"] = row.version
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import json
+
+    from models import registry
+    from services import migrate
+    from services.db import session_scope
+
+    s = _settings()
+    migrate.upgrade(s.effective_database_url)
+    with session_scope(s.effective_database_url) as session:
+        if args.action == "list":
+            for m in registry.list_models(session):
+                if args.json:
+                    print(json.dumps(m))
+                else:
+                    acc = (m["metrics"] or {}).get("test_accuracy")
+                    acc = f"{acc:.3f}" if isinstance(acc, float) else "-"
+                    print(f"{'*' if m['active'] else ' '} {m['version']}\t{m['architecture']}\t{m['mode']}\t"
+                          f"test_acc {acc}\t{m['created_at']}")
+            return 0
+        if not args.target:
+            print(f"semtag models {args.action}: give a {'version' if args.action == 'activate' else 'FILE.onnx'}",
+                  file=sys.stderr)
+            return 2
+        if args.action == "import":
+            row = registry.register(session, args.target, s.data_dir / "models")
+            print(f"registered {row.version} ({row.architecture}); activate it with `semtag models activate "
+                  f"{row.version}`")
+            return 0
+    from services.runtime import Runtime
+    from workers.dispatch import CeleryQueue
+
+    rt = Runtime(s, queue=CeleryQueue(s.broker_url)) if s.broker_url else Runtime(s)
+    info = registry.activate_and_requeue(rt, args.target, args.reclassify)
+    print(f"active model: {info['version']}; {info['queued_images']} waiting image(s) queued for classification")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="semtag", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -171,6 +325,58 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("paths", nargs="+", help="image files or folders")
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     sp.set_defaults(func=cmd_scale)
+
+    sp = sub.add_parser("classify", help="classify images with the active model (or --model FILE.onnx)")
+    sp.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    sp.add_argument("--model", default=None, help="an exported .onnx file instead of the active registry model")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_classify)
+
+    sp = sub.add_parser("synth", help="write synthetic SEM-like images of the ten categories (tests, demos)")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--per-class", type=int, default=20)
+    sp.add_argument("--size", default="1024x768", help="WxH including the data bar")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--format", default="png", choices=["png", "jpg", "tif"])
+    sp.set_defaults(func=cmd_synth)
+
+    from models.archs import ARCH_NAMES, MODE_NAMES
+
+    sp = sub.add_parser("train", help="train a classifier on a labelled folder or a dataset manifest")
+    sp.add_argument("--data", required=True, help="one folder per category, or a manifest.json of an earlier run")
+    sp.add_argument("--arch", required=True, choices=ARCH_NAMES)
+    sp.add_argument("--mode", default="scratch", choices=MODE_NAMES)
+    sp.add_argument("--init", default=None, help="checkpoint: ImageNet weights file (no top) or a run folder")
+    sp.add_argument("--epochs", type=int, default=10)
+    sp.add_argument("--fe-epochs", type=int, default=None, help="fe+ft: epochs of feature extraction first")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--image-size", type=int, default=None, help="input side (default 299; 227 for AlexNet)")
+    sp.add_argument("--lr", type=float, default=None)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--no-augment", action="store_true")
+    sp.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("plot-training", help="test accuracy against epoch, one line per run (PNG)")
+    sp.add_argument("runs", nargs="+")
+    sp.add_argument("--out", default="training.png")
+    sp.add_argument("--metric", default="test_accuracy")
+    sp.set_defaults(func=cmd_plot_training)
+
+    sp = sub.add_parser("export", help="export a run to ONNX (parity-checked) and register it")
+    sp.add_argument("run")
+    sp.add_argument("--int8", action="store_true", help="also write a static INT8 (QDQ) model")
+    sp.add_argument("--no-register", action="store_true")
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("models", help="the model registry: list, activate VERSION, import FILE.onnx")
+    sp.add_argument("action", choices=["list", "activate", "import"])
+    sp.add_argument("target", nargs="?")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--reclassify", action="store_true", help="activate: classify every image again with it")
+    sp.set_defaults(func=cmd_models)
 
     sp = sub.add_parser("apikey", help="API keys (the new key is printed as the last line)")
     sp.add_argument("action", choices=["create", "list", "revoke"])

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
 
     # Pipeline
     review_confidence_threshold: float = 0.6
+    # Inference workers: dynamic batching (celery-batches) and the ONNX Runtime session
+    inference_batch_size: int = 32          # a batch is flushed at this many images …
+    inference_batch_wait_ms: int = 50       # … or after this wait, whichever comes first
+    inference_threads: int | None = None    # intra-op threads; default: the process's cores
+    inference_warmup: bool = True           # run each batch size once when a model is loaded
     reconcile_after_s: int = 600  # re-enqueue images pending/processing for longer than this
     reconcile_every_s: int = 60
     broker_visibility_timeout_s: int = 3600  # redelivery delay of tasks whose worker died

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from services.categories import NAMES, SLUGS, to_slug
 from services.errors import BadInput, NotFound
 from services.scale.units import bin_edges_nm, parse_length, scale_bin, to_nm
-from services.tables import HumanLabel, Image, ImageStatus, Prediction, ScaleReading, Subcategory
+from services.tables import HumanLabel, Image, ImageStatus, ModelVersion, Prediction, ScaleReading, Subcategory
 
 MAX_PAGE = 500
 
@@ -45,9 +45,16 @@ def image_detail(session: Session, image_id: int) -> dict[str, Any]:
     if img is None:
         raise NotFound(f"image {image_id} not found")
     scale = session.scalar(select(ScaleReading).where(ScaleReading.image_id == image_id))
-    pred = session.scalar(
-        select(Prediction).where(Prediction.image_id == image_id).order_by(desc(Prediction.id)).limit(1)
-    )
+    # The active model's prediction when there is one, else the latest of any model.
+    active = session.scalar(select(ModelVersion.version).where(ModelVersion.active.is_(True)))
+    pred = None
+    if active is not None:
+        pred = session.scalar(select(Prediction).where(Prediction.image_id == image_id,
+                                                       Prediction.model_version == active))
+    if pred is None:
+        pred = session.scalar(
+            select(Prediction).where(Prediction.image_id == image_id).order_by(desc(Prediction.id)).limit(1)
+        )
     label = session.scalar(
         select(HumanLabel).where(HumanLabel.image_id == image_id).order_by(desc(HumanLabel.id)).limit(1)
     )

@@ -90,6 +90,18 @@ register_job_kind("selftest", _selftest, _validate_selftest,
                   "checks a batch worker end to end (database, blob store, progress reporting)")
 
 
+def _register_model_jobs() -> None:
+    # The handlers import TensorFlow only when a job runs; validation is light enough for the API.
+    from models.training_job import run_training, validate_training
+
+    register_job_kind("training", run_training, validate_training,
+                      "trains a classifier (params: data, arch, mode, init, epochs, batch_size, image_size, int8), "
+                      "exports it to ONNX with a parity check and registers it (activation is separate)")
+
+
+_register_model_jobs()
+
+
 def create_job(rt: Runtime, kind: str, params: dict[str, Any] | None, created_by: str | None = None) -> int:
     if kind not in JOB_KINDS:
         raise BadInput(

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from services.imaging import ImageRejected, load_gray
 from services.ingest import enqueue_processing
 from services.runtime import TASK_CLASSIFY, TASK_READ_SCALE, Runtime
-from services.tables import Image, ImageStatus, ModelVersion, ScaleReading, StepState, utcnow
+from services.tables import Image, ImageStatus, ModelVersion, Prediction, ScaleReading, StepState, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -92,23 +92,83 @@ def active_model(rt: Runtime, task: str = "classification") -> ModelVersion | No
 
 
 def classify(rt: Runtime, image_id: int) -> str:
-    """Classify with the active model; without one the image waits in state ``no_model``."""
-    img = _begin(rt, image_id, "inference_state")
-    if img is None:
-        return "skipped"
-    model = active_model(rt)
-    with rt.session() as s:
-        img = s.get(Image, image_id)
-        if img is None or img.inference_state != StepState.pending.value:
-            return "skipped"
-        if model is None:
-            img.inference_state = StepState.no_model.value
-            refresh_status(img)
-            return "no_model"
-    # An active model exists: the inference engine (services.inference) does the work.
-    from services.inference import classify_stored_image
+    """Classify one image (a batch of one); see :func:`classify_batch`."""
+    return classify_batch(rt, [image_id])[image_id]
 
-    return classify_stored_image(rt, image_id, model)
+
+def _engine(rt: Runtime, model: ModelVersion):  # noqa: ANN202
+    from services import inference
+
+    st = rt.settings
+    sizes = sorted({1, st.inference_batch_size}) if st.inference_warmup else []
+    return inference.engine_for(model.file_path, model.file_sha256, loader=lambda: inference.Engine(
+        model.file_path, threads=st.inference_threads, warmup=sizes,
+        review_threshold=st.review_confidence_threshold, max_pixels=st.max_pixels))
+
+
+def _store_predictions(rt: Runtime, model: ModelVersion, done: list) -> dict[int, str]:  # noqa: ANN001
+    out = {}
+    with rt.session() as s:
+        for iid, res in done:
+            img = s.get(Image, iid)
+            if img is None or img.inference_state != StepState.pending.value:
+                out[iid] = "skipped"
+                continue
+            exists = s.scalar(select(Prediction.id).where(Prediction.image_id == iid,
+                                                         Prediction.model_version == model.version))
+            if exists is None:
+                s.add(Prediction(image_id=iid, model_id=model.id, model_version=model.version, **res.to_dict()))
+            if img.category_source != "human":
+                img.category, img.category_source, img.confidence = res.category, "model", res.confidence
+            img.inference_state = StepState.done.value
+            refresh_status(img)
+            out[iid] = res.category
+    return out
+
+
+def classify_batch(rt: Runtime, image_ids: list[int]) -> dict[int, str]:
+    """Classify images with the active model, as one batch; returns an outcome per id.
+
+    The active model is read once, so one batch never mixes model versions; activating another
+    model takes effect at the next batch. Without an active model images wait in ``no_model``.
+    A prediction is unique per (image, model version): a redelivered batch writes nothing twice.
+    An image that cannot be decoded fails alone, with its reason.
+    """
+    out: dict[int, str] = {}
+    model = active_model(rt)
+    todo: list[tuple[int, object]] = []
+    with rt.session() as s:
+        for iid in dict.fromkeys(image_ids):
+            img = s.get(Image, iid)
+            if img is None or img.status == ImageStatus.failed.value or img.inference_state != StepState.pending.value:
+                out[iid] = "skipped"
+                continue
+            if model is None:
+                img.inference_state = StepState.no_model.value
+                refresh_status(img)
+                out[iid] = "no_model"
+                continue
+            if img.status == ImageStatus.pending.value:
+                img.status = ImageStatus.processing.value
+            todo.append((iid, rt.store.local_path(img.storage_key)))
+    if not todo:
+        return out
+    engine = _engine(rt, model)
+    results = list(engine.classify_paths([p for _, p in todo], batch_size=max(1, rt.settings.inference_batch_size)))
+    failed = [(iid, err or "cannot be decoded") for (iid, _), (_, res, err) in zip(todo, results) if res is None]
+    done = [(iid, res) for (iid, _), (_, res, _) in zip(todo, results) if res is not None]
+    try:
+        out.update(_store_predictions(rt, model, done))
+    except IntegrityError:  # another worker stored some of them meanwhile: store one by one
+        for item in done:
+            try:
+                out.update(_store_predictions(rt, model, [item]))
+            except IntegrityError:
+                out[item[0]] = "skipped"
+    for iid, reason in failed:
+        fail_image(rt, iid, f"decode failed: {reason}")
+        out[iid] = "failed"
+    return out
 
 
 def reconcile(rt: Runtime, older_than_s: float | None = None) -> int:
@@ -138,3 +198,27 @@ def reconcile(rt: Runtime, older_than_s: float | None = None) -> int:
     if todo:
         log.info("reconciler re-enqueued %d images", len(todo))
     return len(todo)
+
+
+def requeue_waiting(rt: Runtime, reclassify: bool = False) -> int:
+    """After a model is activated: images waiting in ``no_model`` go back to pending and are queued.
+
+    With ``reclassify`` also every classified image that has no prediction of the active model
+    (its earlier predictions stay as history). With no queue at hand (a CLI process in embedded
+    mode) they are still marked pending, and the service's reconciler picks them up.
+    """
+    model = active_model(rt)
+    states = [StepState.no_model.value] + ([StepState.done.value] if reclassify else [])
+    with rt.session() as s:
+        q = select(Image).where(Image.inference_state.in_(states), Image.status != ImageStatus.failed.value)
+        if model is not None and reclassify:
+            q = q.where(Image.id.not_in(select(Prediction.image_id).where(Prediction.model_version == model.version)))
+        ids = []
+        for img in s.scalars(q):
+            img.inference_state = StepState.pending.value
+            img.updated_at = utcnow()
+            refresh_status(img)
+            ids.append(img.id)
+    for image_id in ids:
+        enqueue_processing(rt, image_id, (TASK_CLASSIFY,))
+    return len(ids)

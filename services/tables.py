@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -145,6 +146,10 @@ class ModelVersion(Base):
     file_sha256: Mapped[str] = mapped_column(String(64))
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    # Exactly one active model per task, whatever writes the table.
+    __table_args__ = (Index("uq_models_one_active", "task", unique=True, postgresql_where=text("active"),
+                            sqlite_where=text("active")),)
 
 
 class Prediction(Base):

@@ -136,3 +136,39 @@ def sqlite_client(sqlite_settings: Settings) -> Iterator[Client]:
     c = Client(sqlite_settings)
     yield c
     c.close()
+
+
+# ---- models: one tiny trained and exported classifier shared by the model tests ----
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five synthetic images per category (96×96, data bar included)."""
+    from services.synth import write_dataset
+
+    out = tmp_path_factory.mktemp("tiny")
+    write_dataset(out, per_class=5, width=96, height=96, seed=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def alexnet_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-epoch AlexNet run at 64×64 (fast; its accuracy means nothing)."""
+    from models.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "alex-scratch"
+    train(TrainConfig(data=str(tiny_data), arch="alexnet", mode="scratch", out=str(out), epochs=2,
+                      batch_size=16, image_size=64, verbose=0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def alexnet_onnx(alexnet_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run exported to ONNX (parity-checked), copied out so tests can alter the run freely."""
+    import shutil
+
+    from models.export import export_run
+
+    run = tmp_path_factory.mktemp("exported") / "alex"
+    shutil.copytree(alexnet_run, run)
+    export_run(run)
+    return run / "model.onnx"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from celery_batches import Batches
+
+from semtag.settings import get_settings
 from services import jobs, pipeline
 from services.runtime import TASK_CLASSIFY, TASK_READ_SCALE, TASK_RECONCILE, TASK_RUN_JOB
 from workers.app import app
@@ -27,9 +30,25 @@ def read_scale(image_id: int) -> str:
     return _image_step(pipeline.read_scale, image_id, "scale reading")
 
 
-@app.task(name=TASK_CLASSIFY)
-def classify(image_id: int) -> str:
-    return _image_step(pipeline.classify, image_id, "classification")
+_settings = get_settings()
+
+
+@app.task(name=TASK_CLASSIFY, base=Batches, flush_every=max(1, _settings.inference_batch_size),
+          flush_interval=max(0.001, _settings.inference_batch_wait_ms / 1000.0))
+def classify(requests: list) -> dict:
+    """Dynamic batching: the inference queue's messages (one image id each) are run as one batch.
+
+    Messages are acknowledged after the batch (acks_late), so a worker killed mid-batch has the
+    whole batch delivered again; predictions are unique per (image, model version).
+    """
+    ids = [int(r.args[0]) for r in requests if r.args]
+    rt = get_runtime()
+    try:
+        return {str(k): v for k, v in pipeline.classify_batch(rt, ids).items()}
+    except Exception:
+        # e.g. the model file is unreadable: the images stay pending and the reconciler retries them
+        log.exception("classification batch of %d images failed; left pending for the reconciler", len(ids))
+        return {}
 
 
 @app.task(name=TASK_RUN_JOB)

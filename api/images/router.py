@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 
 from api.dependencies import Principal, get_runtime, get_session, require
 from api.errors import ApiError, error_body, status_for
-from api.images.schemas import UPLOAD_OPENAPI, UploadResponse
+from api.images.schemas import UPLOAD_OPENAPI, LabelRequest, UploadResponse
 from api.uploads import FilePart, read_multipart
+from services.curation import predictions_of, set_label
 from services.errors import BadInput
 from services.images import ImageFilter, image_detail, list_images
 from services.ingest import ingest_file
@@ -79,6 +80,18 @@ async def upload_images(request: Request, rt: Runtime = Depends(get_runtime),
 def get_image(image_id: int, session: Session = Depends(get_session),
               _who: Principal = Depends(require("read"))) -> dict:
     return image_detail(session, image_id)
+
+
+@router.put("/{image_id}/label")
+def put_label(image_id: int, body: LabelRequest, session: Session = Depends(get_session),
+              who: Principal = Depends(require("label"))) -> dict:
+    return set_label(session, image_id, body.category, who.name or f"key-{who.key_id}")
+
+
+@router.get("/{image_id}/predictions")
+def get_predictions(image_id: int, session: Session = Depends(get_session),
+                    _who: Principal = Depends(require("read"))) -> dict:
+    return {"image_id": image_id, "predictions": predictions_of(session, image_id)}
 
 
 @router.get("")

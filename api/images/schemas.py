@@ -19,6 +19,10 @@ class UploadItem(BaseModel):
     error: UploadError | None = None
 
 
+class LabelRequest(BaseModel):
+    category: str | int  # a slug, the display name, a dataset folder name or the index 0–9
+
+
 class UploadResponse(BaseModel):
     items: list[UploadItem]
     accepted: int

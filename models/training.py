@@ -1,0 +1,341 @@
+"""Training runs: the paper's modes on a deduplicated, group-split dataset, written to a run folder.
+
+Modes
+  ``scratch``             random initialisation, all layers trained;
+  ``feature-extraction``  backbone from a checkpoint and frozen, the last layer re-initialised and trained;
+  ``fine-tuning``         backbone from a checkpoint, the last layer re-initialised, all layers trained;
+  ``fe+ft``               the paper's combination: feature extraction, then fine tuning from its result.
+
+A checkpoint (``init``) is an ImageNet weights file without top (given by path; nothing is
+downloaded) or an earlier run (its folder or ``model.keras``): the "SEM checkpoint".
+
+A run folder holds ``config.json``, ``manifest.json``, ``metrics.jsonl`` (one line per epoch:
+loss/accuracy on train, validation and test, seconds), TensorBoard logs in ``tb/``,
+``model.keras`` and ``report.json`` (confusion matrix, per-class P/R/F1, macro-F1, temperature
+and ECE before/after calibration on validation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.archs import MODE_NAMES as MODES
+from services.categories import NAMES, SLUGS
+from services.datasets import Manifest, load_manifest_or_scan
+from services.errors import BadInput
+from services.evaluation import classification_report, fit_temperature
+from services.preprocess import Preprocessing
+
+DEFAULT_LR = {"scratch": 1e-3, "feature-extraction": 1e-3, "fine-tuning": 1e-4}
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    arch: str
+    mode: str = "scratch"
+    out: str = "runs/run"
+    init: str | None = None
+    epochs: int = 10
+    fe_epochs: int | None = None     # fe+ft: epochs of the feature-extraction stage (default: epochs // 2)
+    batch_size: int = 32
+    image_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    augment: bool = True
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    mixed_precision: bool | None = None  # None: on when a GPU is present
+    xla: bool | None = None              # None: on when a GPU is present
+    bn_momentum: float = 0.9
+    schedule: str = "cosine"             # learning rate: "cosine" decay over each stage, or "constant"
+    verbose: int | None = None           # Keras progress: 1 bar, 2 a line per epoch (default: bar on a TTY)
+    extra: dict = field(default_factory=dict)
+
+
+ProgressFn = Callable[[int, int, dict], None]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def validate(cfg: TrainConfig) -> None:
+    from models.architectures import BACKBONES, MIN_SIZE
+
+    if cfg.arch not in BACKBONES:
+        raise BadInput(f"unknown architecture {cfg.arch!r}; choose from {', '.join(BACKBONES)}", "bad_params")
+    if cfg.mode not in MODES:
+        raise BadInput(f"unknown mode {cfg.mode!r}; choose from {', '.join(MODES)}", "bad_params")
+    if cfg.schedule not in ("cosine", "constant"):
+        raise BadInput("schedule must be cosine or constant", "bad_params")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise BadInput("epochs and batch size must be at least 1", "bad_params")
+    if cfg.image_size is not None and cfg.image_size < MIN_SIZE[cfg.arch]:
+        raise BadInput(f"{cfg.arch} needs an image size of at least {MIN_SIZE[cfg.arch]}", "bad_params")
+    if cfg.mode == "scratch" and cfg.init:
+        raise BadInput("mode scratch starts from random weights; drop --init or choose another mode", "bad_params")
+    if cfg.mode != "scratch":
+        resolve_init(cfg.arch, cfg.init)
+
+
+def resolve_init(arch: str, init: str | None) -> tuple[str, Path]:
+    """('run', model.keras) or ('weights', file); a missing checkpoint is a clear error."""
+    from models.architectures import IMAGENET_FILES
+
+    expected = (f"an ImageNet weights file without top ({IMAGENET_FILES[arch]}), or a semtag run folder "
+                "(runs/NAME) or its model.keras")
+    if not init:
+        raise BadInput(f"this mode starts from a checkpoint: give --init PATH, {expected}", "missing_checkpoint")
+    p = Path(init)
+    if p.is_dir():
+        p = p / "model.keras"
+    if not p.is_file():
+        raise BadInput(f"checkpoint {p} does not exist; expected {expected}. Nothing is downloaded.",
+                       "missing_checkpoint")
+    return ("run", p) if p.suffix == ".keras" else ("weights", p)
+
+
+def load_init(model, arch: str, init: str) -> dict:  # noqa: ANN001
+    """Copy checkpoint weights into ``model``'s backbone (the head stays freshly initialised)."""
+    import keras
+
+    from models.architectures import backbone_of
+
+    kind, path = resolve_init(arch, init)
+    backbone = backbone_of(model)
+    try:
+        if kind == "run":
+            cfg_path = path.parent / "config.json"
+            if cfg_path.is_file():
+                run_arch = json.loads(cfg_path.read_text())["arch"]
+                if run_arch != arch:
+                    raise BadInput(f"checkpoint {path} is a {run_arch} run, not {arch}", "bad_checkpoint")
+            old = keras.models.load_model(path, compile=False)
+            src = backbone_of(old).get_weights()
+            dst = backbone.get_weights()
+            if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst)):
+                raise BadInput(f"checkpoint {path} does not fit this {arch} (different image size or layout)",
+                               "bad_checkpoint")
+            backbone.set_weights(src)
+        else:
+            backbone.load_weights(str(path))
+    except BadInput:
+        raise
+    except Exception as exc:  # noqa: BLE001 — Keras raises many types for a wrong file
+        raise BadInput(f"checkpoint {path} cannot be loaded into the {arch} backbone: {exc}", "bad_checkpoint") from exc
+    return {"kind": kind, "path": str(path.resolve()), "sha256": _sha256_file(path)}
+
+
+def _configure_device(cfg: TrainConfig) -> dict:
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    mp = bool(gpus) if cfg.mixed_precision is None else cfg.mixed_precision
+    xla = bool(gpus) if cfg.xla is None else cfg.xla
+    keras.mixed_precision.set_global_policy("mixed_float16" if mp else "float32")
+    return {"gpus": len(gpus), "mixed_precision": mp, "xla": xla}
+
+
+def _batchnorms(layer) -> list:  # noqa: ANN001
+    import keras
+
+    found = []
+    for sub in getattr(layer, "layers", []):
+        if isinstance(sub, keras.layers.BatchNormalization):
+            found.append(sub)
+        else:
+            found.extend(_batchnorms(sub))
+    return found
+
+
+class _EpochLog:
+    """Keras callback: evaluates validation and test after every epoch, logs JSON lines + TensorBoard."""
+
+    def __new__(cls, *a, **k):  # noqa: ANN002, ANN003, ANN204 — built lazily so importing needs no TF
+        import keras
+        import tensorflow as tf
+
+        class EpochLog(keras.callbacks.Callback):
+            def __init__(self, val_ds, test_ds, metrics_path: Path, tb_dir: Path, stage: str,
+                         epoch_offset: int, total_epochs: int, progress: ProgressFn | None):
+                super().__init__()
+                self.val_ds, self.test_ds = val_ds, test_ds
+                self.metrics_path, self.stage = metrics_path, stage
+                self.offset, self.total, self.progress = epoch_offset, total_epochs, progress
+                self.writer = tf.summary.create_file_writer(str(tb_dir / "eval"))
+                self.t0 = time.perf_counter()
+
+            def on_epoch_begin(self, epoch: int, logs=None) -> None:  # noqa: ANN001
+                self.t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch: int, logs=None) -> None:  # noqa: ANN001
+                seconds = time.perf_counter() - self.t0
+                rec = {"epoch": self.offset + epoch + 1, "stage": self.stage,
+                       "loss": float(logs.get("loss", np.nan)), "accuracy": float(logs.get("accuracy", np.nan)),
+                       "train_seconds": round(seconds, 3)}
+                for name, ds in (("val", self.val_ds), ("test", self.test_ds)):
+                    if ds is not None:
+                        loss, acc = self.model.evaluate(ds, verbose=0)
+                        rec[f"{name}_loss"], rec[f"{name}_accuracy"] = float(loss), float(acc)
+                rec["seconds"] = round(time.perf_counter() - self.t0, 3)
+                with open(self.metrics_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                with self.writer.as_default(step=rec["epoch"]):
+                    for key in ("val_loss", "val_accuracy", "test_loss", "test_accuracy"):
+                        if key in rec:
+                            tf.summary.scalar(key, rec[key])
+                if self.progress is not None:
+                    self.progress(rec["epoch"], self.total, rec)
+
+        return EpochLog(*a, **k)
+
+
+def _predict_logits(model, ds) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    logits, labels = [], []
+    for x, y in ds:
+        logits.append(np.asarray(model(x, training=False), np.float32))
+        labels.append(np.asarray(y))
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def train(cfg: TrainConfig, progress: ProgressFn | None = None, manifest: Manifest | None = None) -> dict:
+    """Run one training; returns the summary also written to ``report.json``."""
+    validate(cfg)
+    out = Path(cfg.out)
+    if (out / "model.keras").exists():
+        raise BadInput(f"run folder {out} already holds a trained model; choose another --out", "run_exists")
+    out.mkdir(parents=True, exist_ok=True)
+    import keras
+    import tensorflow as tf
+
+    from models.architectures import DEFAULT_SIZE, backbone_of, build
+    from models.input_pipeline import make_dataset
+
+    manifest = manifest or load_manifest_or_scan(cfg.data, seed=cfg.seed, fractions=cfg.split)
+    manifest_sha = manifest.save(out / "manifest.json")
+    train_items, val_items, test_items = (manifest.split(s) for s in ("train", "val", "test"))
+    if not train_items:
+        raise BadInput("the dataset's training split is empty", "empty_dataset")
+    keras.utils.set_random_seed(cfg.seed)
+    device = _configure_device(cfg)
+    size = cfg.image_size or DEFAULT_SIZE[cfg.arch]
+    pp = Preprocessing(input_size=size)
+
+    def ds(items, training):  # noqa: ANN001, ANN202
+        if not items:
+            return None
+        return make_dataset([str(manifest.resolve(i)) for i in items], [i.label for i in items], pp,
+                            cfg.batch_size, training, cfg.augment, cfg.seed)
+
+    train_ds, val_ds, test_ds = ds(train_items, True), ds(val_items, False), ds(test_items, False)
+    model = build(cfg.arch, size, classes=len(SLUGS))
+    for bn in _batchnorms(model):  # Keras' 0.99 forgets its initial statistics too slowly for short runs
+        bn.momentum = min(bn.momentum, cfg.bn_momentum)
+    init_info = load_init(model, cfg.arch, cfg.init) if cfg.mode != "scratch" else None
+    config = {**asdict(cfg), "image_size": size, "manifest_sha256": manifest_sha, "init_info": init_info,
+              "preprocessing": pp.to_dict(), "classes": list(SLUGS), "class_names": [NAMES[s] for s in SLUGS],
+              "device": device, "tensorflow": tf.__version__, "keras": keras.__version__}
+    (out / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("", encoding="utf-8")
+    verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stderr.isatty() else 2)
+
+    stages: list[tuple[str, int, bool, float]] = []  # (name, epochs, backbone trainable, lr)
+    if cfg.mode == "fe+ft":
+        fe = cfg.fe_epochs if cfg.fe_epochs is not None else max(1, cfg.epochs // 2)
+        stages = [("feature-extraction", fe, False, cfg.lr or DEFAULT_LR["feature-extraction"]),
+                  ("fine-tuning", max(0, cfg.epochs - fe), True, (cfg.lr or DEFAULT_LR["fine-tuning"]))]
+    else:
+        stages = [(cfg.mode, cfg.epochs, cfg.mode != "feature-extraction", cfg.lr or DEFAULT_LR[cfg.mode])]
+    total = sum(s[1] for s in stages)
+    done = 0
+    t_start = time.perf_counter()
+    for name, epochs, trainable, lr in stages:
+        if epochs == 0:
+            continue
+        backbone_of(model).trainable = trainable
+        steps = epochs * -(-len(train_items) // cfg.batch_size)
+        rate = (keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps, alpha=0.02)
+                if cfg.schedule == "cosine" else lr)
+        model.compile(optimizer=keras.optimizers.Adam(rate),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"], jit_compile=device["xla"])
+        callbacks = [_EpochLog(val_ds, test_ds, metrics_path, out / "tb", name, done, total, progress),
+                     keras.callbacks.TensorBoard(log_dir=str(out / "tb"), write_graph=False, profile_batch=0)]
+        model.fit(train_ds, epochs=epochs, verbose=verbose, callbacks=callbacks)
+        done += epochs
+    train_seconds = time.perf_counter() - t_start
+    backbone_of(model).trainable = True
+    model.save(out / "model.keras")
+
+    report: dict = {"arch": cfg.arch, "mode": cfg.mode, "epochs": total, "train_seconds": round(train_seconds, 2),
+                    "manifest_sha256": manifest_sha, "counts": manifest.counts()}
+    temperature = 1.0
+    if val_ds is not None:
+        vl, vy = _predict_logits(model, val_ds)
+        temperature = fit_temperature(vl, vy)
+        report["validation"] = classification_report(vl, vy, list(SLUGS))
+    report["temperature"] = temperature
+    if test_ds is not None:
+        tl, ty = _predict_logits(model, test_ds)
+        before = classification_report(tl, ty, list(SLUGS))
+        after = classification_report(tl, ty, list(SLUGS), temperature)
+        report["test"] = before
+        report["calibration"] = {"temperature": temperature, "ece_before": before["ece"], "ece_after": after["ece"],
+                                 "nll_before": before["nll"], "nll_after": after["nll"]}
+    (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    return report
+
+
+def read_metrics(run: Path | str) -> list[dict]:
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise BadInput(f"{run} is not a training run (no metrics.jsonl)", "not_a_run")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_training(runs: list[str], out: Path | str, metric: str = "test_accuracy") -> Path:
+    """The paper's Figures 1–2: ``metric`` against epoch, one line per run, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        raise BadInput("give at least one run folder", "bad_params")
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for run in runs:
+        rows = [r for r in read_metrics(run) if metric in r]
+        if not rows:
+            raise BadInput(f"{run} has no {metric} values", "bad_params")
+        cfg_path = Path(run) / "config.json"
+        label = Path(run).name
+        if cfg_path.is_file():
+            c = json.loads(cfg_path.read_text())
+            label = f"{Path(run).name} ({c['arch']}, {c['mode']})"
+        ax.plot([r["epoch"] for r in rows], [r[metric] for r in rows], marker="o", ms=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
