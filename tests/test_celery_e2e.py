@@ -28,6 +28,7 @@ def _env(settings: Settings) -> dict[str, str]:
         "SEMTAG_DATABASE_URL": settings.database_url,
         "SEMTAG_BROKER_URL": settings.broker_url,
         "SEMTAG_BROKER_VISIBILITY_TIMEOUT_S": str(settings.broker_visibility_timeout_s),
+        "SEMTAG_INFERENCE_BATCH_SIZE": str(settings.inference_batch_size),
     })
     return env
 
@@ -126,6 +127,58 @@ def test_killed_worker_task_is_redone_and_written_once(prod_settings, tmp_path):
         with c.rt.session() as s:
             assert s.scalar(select(func.count()).select_from(Job)) == 1
             assert s.get(Job, job_id).attempts == 2  # not run a third time
+    finally:
+        c.close()
+        worker.stop()
+
+
+def _big_png(category: int, seed: int) -> bytes:
+    import cv2
+
+    from services.synth import make_image
+
+    img, _ = make_image(category, 2400, 1800, seed=seed)
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+def _active_model(settings: Settings, onnx_path: Path) -> str:
+    from models import registry
+    from services.db import session_scope
+
+    with session_scope(settings.database_url) as s:
+        row = registry.register(s, onnx_path, settings.data_dir / "models")
+        registry.activate(s, row.version)
+        return row.version
+
+
+def test_inference_worker_batches_and_survives_a_kill(prod_settings, alexnet_onnx, tmp_path):
+    from services.tables import Prediction
+
+    prod_settings.inference_batch_size = 4
+    version = _active_model(prod_settings, alexnet_onnx)
+    log = tmp_path / "worker.log"
+    n = 24
+    worker = Worker(prod_settings, "inference", log)
+    c = Client(prod_settings)
+    count = lambda: c.rt.session().__enter__().scalar(select(func.count()).select_from(Prediction))  # noqa: E731
+    try:
+        r = c.upload(*[(f"big{k}.png", _big_png(k % 10, 200 + k)) for k in range(n)])
+        assert r.status_code == 202 and r.json()["accepted"] == n
+        _poll(lambda: count() >= 1, timeout=120, every=0.02)
+        worker.kill()  # SIGKILL with batches in flight and prefetched
+        partial = count()
+        assert partial < n, "the worker finished everything before it could be killed; make the batches heavier"
+        time.sleep(prod_settings.broker_visibility_timeout_s + 0.5)
+        worker = Worker(prod_settings, "inference", log)
+        _poll(lambda: count() >= n, timeout=180)
+        time.sleep(1.5)
+        with c.rt.session() as s:
+            rows = s.scalars(select(Prediction)).all()
+            assert len(rows) == n and len({p.image_id for p in rows}) == n  # each written once
+            assert {p.model_version for p in rows} == {version}
+            assert s.scalar(select(func.count()).select_from(Image).where(Image.inference_state == "done")) == n
+        sizes = [int(x) for x in __import__("re").findall(r"classified a batch of (\d+)", log.read_text())]
+        assert max(sizes) > 1  # dynamic batching gathered several images into one run
     finally:
         c.close()
         worker.stop()

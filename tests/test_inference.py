@@ -223,3 +223,36 @@ def test_classify_cli(alexnet_onnx: Path, tmp_path: Path, monkeypatch: pytest.Mo
         shutil.rmtree(folder)
     finally:
         get_settings.cache_clear()
+
+
+def test_activation_during_a_batch_does_not_mix_versions(sqlite_settings, alexnet_onnx: Path,
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    import onnx
+
+    migrate.upgrade(sqlite_settings.effective_database_url)
+    rt = Runtime(sqlite_settings, queue=NullQueue())
+    v1 = _register(rt, alexnet_onnx)
+    m = onnx.load(str(alexnet_onnx))
+    meta = json.loads(m.metadata_props[0].value)
+    meta["run_name"] = "newer"
+    m.metadata_props[0].value = json.dumps(meta)
+    onnx.save(m, str(tmp_path / "newer.onnx"))
+    with rt.session() as s:
+        v2 = registry.register(s, tmp_path / "newer.onnx", sqlite_settings.data_dir / "models").version
+    ids = [_stored(rt, _png(c, 110 + c), f"{c}.png") for c in range(4)]
+    real = inference.Engine.classify_paths
+
+    def activating_midway(self, paths, batch_size=32, threads=None):  # noqa: ANN001, ANN202
+        for n, item in enumerate(real(self, paths, batch_size=1)):
+            if n == 1:
+                registry.activate_and_requeue(rt, v2)  # an admin activates another model mid-batch
+            yield item
+
+    monkeypatch.setattr(inference.Engine, "classify_paths", activating_midway)
+    out = pipeline.classify_batch(rt, ids[:3])
+    assert all(v in SLUGS for v in out.values())
+    pipeline.classify_batch(rt, ids[3:])
+    with rt.session() as s:
+        versions = {p.image_id: p.model_version for p in s.scalars(select(Prediction))}
+    assert [versions[i] for i in ids[:3]] == [v1, v1, v1]  # the batch kept the model it started with
+    assert versions[ids[3]] == v2  # the next batch uses the newly active one

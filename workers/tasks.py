@@ -44,7 +44,9 @@ def classify(requests: list) -> dict:
     ids = [int(r.args[0]) for r in requests if r.args]
     rt = get_runtime()
     try:
-        return {str(k): v for k, v in pipeline.classify_batch(rt, ids).items()}
+        out = pipeline.classify_batch(rt, ids)
+        log.info("classified a batch of %d images (%d messages)", len(ids), len(requests))
+        return {str(k): v for k, v in out.items()}
     except Exception:
         # e.g. the model file is unreadable: the images stay pending and the reconciler retries them
         log.exception("classification batch of %d images failed; left pending for the reconciler", len(ids))
