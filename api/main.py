@@ -14,6 +14,7 @@ from api.health.router import router as health_router
 from api.images.router import router as images_router
 from api.metrics import STATE, MetricsMiddleware
 from api.review.router import router as review_router
+from api.subcategories.router import router as subcategories_router
 from api.webhooks.router import router as webhooks_router
 from semtag import __version__
 from semtag.settings import Settings, get_settings
@@ -59,7 +60,8 @@ def create_app(settings: Settings | None = None, auto_migrate: bool = True) -> F
     app.state.runtime = runtime
     app.add_middleware(MetricsMiddleware)
     errors.install(app)
-    for router in (health_router, images_router, review_router, webhooks_router, admin_router):
+    for router in (health_router, images_router, review_router, subcategories_router, webhooks_router,
+                   admin_router):
         app.include_router(router)
     return app
 

@@ -189,6 +189,82 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 1 if unreadable else 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Subcategory analysis: from saved features (--features), an image folder (--images), or the database."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from services.clustering.analysis import ALL_METHODS, AnalysisConfig, analyse
+
+    methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else ALL_METHODS
+    say = (lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
+    if args.features or args.images:
+        cfg = AnalysisConfig(methods=methods, autoencoder=not args.no_autoencoder, code_dim=args.code_dim,
+                             complete_sample=args.complete_sample, dp_k=args.dp_k)
+        if args.features:
+            X = np.load(args.features)
+            labels = np.load(args.labels) if args.labels else np.full(len(X), -1)
+        else:
+            X, labels = _folder_features(args)
+        report = analyse(X, labels, cfg, Path(args.out), say)
+        summary = {"report": str(Path(args.out) / "report.html"), "n": report["n"],
+                   "intrinsic_dimension": report["intrinsic_dimension"]["estimate"],
+                   "methods": {m: (e.get("error") or (e.get("scores") or [{}])[0].get("nmi"))
+                               for m, e in report["methods"].items()}}
+        print(json.dumps(summary))
+        return 0
+    from services import migrate
+    from services.runtime import Runtime
+    from services.subcategories import run_clustering
+
+    s = _settings()
+    migrate.upgrade(s.effective_database_url)
+    params = {"scale_min_nm": None if args.all_scales else args.scale_min_nm,
+              "scale_max_nm": None if args.all_scales else args.scale_max_nm,
+              "output": args.output, "within": args.within, "method": args.method, "k": args.k,
+              "methods": list(methods), "autoencoder": not args.no_autoencoder, "code_dim": args.code_dim,
+              "complete_sample": args.complete_sample, "dp_k": args.dp_k}
+    result = run_clustering(Runtime(s), params, Path(args.out), progress=say)
+    print(json.dumps(result))
+    return 0
+
+
+def _folder_features(args: argparse.Namespace):  # noqa: ANN202
+    """Features of a folder's images with --model; labels from category folders when the layout has them."""
+    import numpy as np
+
+    from services.categories import index_of, to_slug
+    from services.errors import BadInput
+    from services.inference import Engine
+    from services.scale.reader import read_scale, sidecar_for
+
+    if not args.model:
+        raise BadInput("--images needs --model FILE.onnx (the features' source)", "bad_params")
+    eng = Engine(args.model)
+    xs, labels = [], []
+    for path in _iter_images([args.images]):
+        if args.scale_min_nm or args.scale_max_nm:
+            nm = read_scale(path, sidecar=sidecar_for(path)).scale_nm
+            if nm is None or (args.scale_min_nm and nm < args.scale_min_nm) or (
+                    args.scale_max_nm and nm > args.scale_max_nm):
+                continue
+        try:
+            x = eng.decode(path)[0]
+        except Exception as exc:  # noqa: BLE001
+            print(f"semtag cluster: {path}: skipped: {exc}", file=sys.stderr)
+            continue
+        xs.append(eng.run(x[None], outputs=(args.output,))[args.output][0])
+        try:
+            labels.append(index_of(to_slug(path.parent.name)))
+        except BadInput:
+            labels.append(-1)
+    if not xs:
+        raise BadInput(f"no readable images in {args.images} within the scale range", "empty_selection")
+    return np.stack(xs), np.array(labels)
+
+
 def _bar(total: int, desc: str):  # noqa: ANN202
     from tqdm import tqdm
 
@@ -333,6 +409,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=None)
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     sp.set_defaults(func=cmd_classify)
+
+    sp = sub.add_parser("cluster", help="discover subcategories (features → ID → autoencoder → clusterings → NMI)")
+    src = sp.add_mutually_exclusive_group()
+    src.add_argument("--features", help="a saved (N, D) .npy feature matrix (analysis only, nothing written to the db)")
+    src.add_argument("--images", help="an image folder (with --model); category folders give labels")
+    sp.add_argument("--labels", help="with --features: (N,) .npy of labels 0–9, -1 where unknown")
+    sp.add_argument("--model", help="with --images: the exported .onnx model")
+    sp.add_argument("--out", default="clustering", help="folder for the figures, analysis.json and report.html")
+    sp.add_argument("--scale-min-nm", type=float, default=1000.0)
+    sp.add_argument("--scale-max-nm", type=float, default=2000.0)
+    sp.add_argument("--all-scales", action="store_true", help="no scale selection")
+    sp.add_argument("--output", default="logits", choices=["logits", "features"])
+    sp.add_argument("--within", default="category", choices=["category", "all"])
+    sp.add_argument("--method", default="ward", help="the method whose hierarchy becomes subcategories")
+    sp.add_argument("--k", type=int, default=5, help="subcategories per category (or in all, with --within all)")
+    sp.add_argument("--methods", default=None, help="comma-separated; default all five")
+    sp.add_argument("--no-autoencoder", action="store_true")
+    sp.add_argument("--code-dim", type=int, default=10)
+    sp.add_argument("--complete-sample", type=int, default=None)
+    sp.add_argument("--dp-k", type=int, default=30)
+    sp.set_defaults(func=cmd_cluster)
 
     sp = sub.add_parser("synth", help="write synthetic SEM-like images of the ten categories (tests, demos)")
     sp.add_argument("--out", required=True)

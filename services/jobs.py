@@ -102,6 +102,25 @@ def _register_model_jobs() -> None:
 _register_model_jobs()
 
 
+def _clustering(ctx: JobContext) -> dict[str, Any]:
+    from services.subcategories import run_clustering
+
+    out = ctx.rt.settings.data_dir / "clustering" / f"job-{ctx.job_id}"
+    return run_clustering(ctx.rt, ctx.params, out, run_id=ctx.job_id, progress=ctx.progress)
+
+
+def _validate_clustering(params: dict[str, Any]) -> dict[str, Any]:
+    from services.subcategories import validate_params
+
+    return validate_params(params)
+
+
+register_job_kind("clustering", _clustering, _validate_clustering,
+                  "discovers subcategories: features of the active model for images in a scale range (default "
+                  "1–2 µm), 2-NN ID, autoencoder, five hierarchical clusterings scored by NMI, a category → "
+                  "subcategory tree written to the database, and an HTML report")
+
+
 def create_job(rt: Runtime, kind: str, params: dict[str, Any] | None, created_by: str | None = None) -> int:
     if kind not in JOB_KINDS:
         raise BadInput(

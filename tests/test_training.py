@@ -244,7 +244,7 @@ def test_training_job_end_to_end(sqlite_client, tiny_data: Path) -> None:  # noq
 @pytest.mark.skipif(os.environ.get("SEMTAG_SKIP_LONG") == "1", reason="SEMTAG_SKIP_LONG=1 set by the developer")
 def test_scratch_inception_v3_learns_the_synthetic_set(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    write_dataset(data, per_class=40, width=128, height=128, seed=5)
+    write_dataset(data, per_class=60, width=128, height=128, seed=5)
     report = train(TrainConfig(data=str(data), arch="inception_v3", mode="scratch", out=str(tmp_path / "run"),
-                               epochs=10, batch_size=16, image_size=75, augment=False, verbose=0))
+                               epochs=12, batch_size=16, image_size=75, augment=False, verbose=0))
     assert report["test"]["accuracy"] >= 0.9, report["test"]["confusion_matrix"]

@@ -1,0 +1,218 @@
+"""Issue 5's benchmark: the raw ONNX Runtime engine vs the whole pipeline, on this machine.
+
+1. Raw engine: images/s at batch 1, 8 and 32 on preprocessed inputs (FP32, and INT8 with --int8).
+2. Decode + preprocess: ms per 1024×768 JPEG, and its share of the per-image time at the batch size.
+3. Pipeline: N images (default 1,000) uploaded one per request over HTTP to `semtag serve`, queued
+   on Redis, classified by a real `semtag worker --queues inference` (celery-batches), results
+   in PostgreSQL. Reports pipeline images/s (first to last prediction), its ratio to the raw
+   engine at the same batch size and precision, and the upload latency p50/p95 while the worker
+   is saturated. API, uploader and worker share this machine's cores.
+
+Needs PostgreSQL and Redis (as the tests do). Without --model an untrained Inception-v3 at 299²
+is exported first (speed only; its predictions mean nothing).
+
+Usage: python bench/inference_pipeline.py [--n 1000] [--batch 32] [--model FILE.onnx] [--int8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+PG_ADMIN = os.environ.get("SEMTAG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("SEMTAG_TEST_REDIS", "redis://127.0.0.1:6379/12")
+
+
+def _model(tmp: Path, int8: bool) -> Path:
+    spec = importlib.util.spec_from_file_location("models_speed", Path(__file__).with_name("models_speed.py"))
+    ms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ms)
+    from models.export import export_run
+
+    run = ms._untrained_run(299, tmp)
+    export_run(run, int8=int8, calibration_images=16)
+    return run / ("model.int8.onnx" if int8 else "model.onnx")
+
+
+def _images(n: int, out: Path) -> list[Path]:
+    import cv2
+
+    from services.synth import make_image
+
+    base = [make_image(k % 10, 1024, 768, seed=k)[0] for k in range(20)]
+    paths = []
+    for i in range(n):
+        img = base[i % len(base)].copy()
+        img[0, :8] = np.frombuffer(i.to_bytes(8, "little"), np.uint8)  # unique bytes: no deduplication
+        p = out / f"img{i:05d}.jpg"
+        cv2.imwrite(str(p), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(p)
+    return paths
+
+
+def raw_engine(model: Path, sample: list[Path]) -> dict[int, float]:
+    from services.inference import Engine
+
+    eng = Engine(model, warmup=(1, 8, 32))
+    x1 = np.stack([eng.decode(p)[0] for p in sample[:32]])
+    speeds = {}
+    for b in (1, 8, 32):
+        x = x1[:b]
+        reps = max(2, 64 // b)
+        t = time.perf_counter()
+        for _ in range(reps):
+            eng.run(x, outputs=("logits", "probabilities"))
+        speeds[b] = reps * b / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for p in sample[:64]:
+        eng.decode(p)
+    decode_ms = (time.perf_counter() - t) / len(sample[:64]) * 1000
+    print("raw engine images/s: " + ", ".join(f"batch {b}: {v:.1f}" for b, v in speeds.items()))
+    per_image_ms = 1000 / speeds[32]
+    print(f"decode + preprocess: {decode_ms:.1f} ms/image on one thread = "
+          f"{decode_ms / (decode_ms + per_image_ms):.1%} of per-image time at batch 32 "
+          f"(decoding overlaps the model run in the worker)")
+    return speeds
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pipeline(model: Path, paths: list[Path], batch: int, workdir: Path, uploaders: int) -> dict:
+    import httpx
+    import psycopg
+    import redis
+
+    name = f"semtag_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    redis.Redis.from_url(REDIS).flushdb()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEMTAG_")}
+    env.update({"SEMTAG_DATA_DIR": str(workdir / "var"), "SEMTAG_DATABASE_URL": db, "SEMTAG_BROKER_URL": REDIS,
+                "SEMTAG_INFERENCE_BATCH_SIZE": str(batch), "SEMTAG_INFERENCE_BATCH_WAIT_MS": "50"})
+    sem = [sys.executable, "-m", "semtag"]
+    procs = []
+    try:
+        subprocess.run(sem + ["db", "upgrade"], env=env, check=True)
+        subprocess.run(sem + ["models", "import", str(model)], env=env, check=True, capture_output=True)
+        from models import registry
+        from services.db import session_scope
+
+        with session_scope(db) as s:
+            version = registry.list_models(s)[0]["version"]
+        subprocess.run(sem + ["models", "activate", version], env=env, check=True, capture_output=True)
+        key = subprocess.run(sem + ["apikey", "create", "--role", "ingest"], env=env, check=True,
+                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        port = _free_port()
+        log = open(workdir / "services.log", "ab")
+        procs.append(subprocess.Popen(sem + ["serve", "--port", str(port)], env=env, stdout=log, stderr=log))
+        procs.append(subprocess.Popen(sem + ["worker", "--queues", "inference", "--pool", "solo", "--concurrency",
+                                             "1", "--loglevel", "WARNING"], env=env, stdout=log, stderr=log))
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        latencies: list[float] = []
+        lock = threading.Lock()
+        todo = list(paths)
+
+        def uploader() -> None:
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+                while True:
+                    with lock:
+                        if not todo:
+                            return
+                        p = todo.pop()
+                    t = time.perf_counter()
+                    r = c.post("/v1/images", files={"file": (p.name, p.read_bytes(), "image/jpeg")})
+                    dt = time.perf_counter() - t
+                    r.raise_for_status()
+                    with lock:
+                        latencies.append(dt)
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=uploader) for _ in range(uploaders)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        upload_s = time.perf_counter() - t0
+        from sqlalchemy import func, select
+
+        from services.tables import Prediction
+
+        n = len(paths)
+        while True:
+            with session_scope(db) as s:
+                done = s.scalar(select(func.count()).select_from(Prediction))
+                first, last = s.execute(select(func.min(Prediction.created_at), func.max(Prediction.created_at))).one()
+            if done >= n or time.perf_counter() - t0 > 3600:
+                break
+            time.sleep(1)
+        span = (last - first).total_seconds() if first and last else float("nan")
+        lat = np.array(latencies) * 1000
+        res = {"images": n, "predictions": done, "pipeline_images_per_s": (done - 1) / span if span > 0 else None,
+               "upload_seconds": upload_s, "upload_p50_ms": float(np.percentile(lat, 50)),
+               "upload_p95_ms": float(np.percentile(lat, 95))}
+        print(f"pipeline: {done}/{n} predictions in PostgreSQL; {res['pipeline_images_per_s']:.1f} images/s "
+              f"(first to last prediction); upload p50 {res['upload_p50_ms']:.0f} ms, p95 {res['upload_p95_ms']:.0f} ms "
+              f"({uploaders} uploaders, {n} uploads in {upload_s:.0f} s)")
+        return res
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        from services.db import get_engine
+
+        get_engine(db).dispose()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--int8", action="store_true", help="export and use the INT8 model (without --model)")
+    ap.add_argument("--uploaders", type=int, default=4)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="semtag-pipe-"))
+    try:
+        model = args.model or _model(tmp, args.int8)
+        (tmp / "imgs").mkdir()
+        paths = _images(args.n, tmp / "imgs")
+        raw = raw_engine(model, paths)
+        res = pipeline(model, paths, args.batch, tmp, args.uploaders)
+        if res["pipeline_images_per_s"]:
+            print(f"pipeline / raw engine at batch {args.batch}: {res['pipeline_images_per_s'] / raw[args.batch]:.1%} "
+                  f"(raw batch-{args.batch} figure: {raw[args.batch]:.1f} images/s)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
