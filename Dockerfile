@@ -11,6 +11,10 @@ COPY models models
 COPY migrations migrations
 COPY semtag semtag
 RUN pip install --no-cache-dir . "flower==2.2.0"
+# GPU image (docker-compose's worker-inference builds with GPU=1): CUDA builds of TensorFlow and ONNX Runtime.
+ARG GPU=0
+RUN if [ "$GPU" = "1" ]; then pip uninstall -y tensorflow-cpu onnxruntime \
+    && pip install --no-cache-dir "tensorflow[and-cuda]==2.21.0" "onnxruntime-gpu==1.32.0"; fi
 ENV SEMTAG_DATA_DIR=/data
 EXPOSE 8000
 CMD ["semtag", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -211,3 +211,13 @@ def test_clustering_job_writes_the_subcategory_tree(sqlite_settings, alexnet_onn
         assert c.get("/v1/subcategories/999999").status_code == 404
     finally:
         c.close()
+
+
+def test_brute_force_neighbours_in_high_dimension_match_a_kd_tree(blobs) -> None:  # noqa: ANN001
+    from scipy.spatial import cKDTree
+
+    from services.clustering.intrinsic_dim import two_nearest
+
+    X = blobs[0][:1500].astype(np.float64)  # 40-D: the chunked matrix-product path
+    d, _ = cKDTree(X).query(X, k=3)
+    assert np.allclose(two_nearest(X, chunk=256), d[:, 1:3], rtol=1e-3, atol=1e-2)
