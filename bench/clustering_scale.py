@@ -90,7 +90,13 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=150_000)
     ap.add_argument("--scipy-n", type=int, default=20_000)
     ap.add_argument("--skip-big", action="store_true")
+    ap.add_argument("--only-big", action="store_true")
     args = ap.parse_args()
+    if args.only_big:
+        print(f"== lab archive: {args.big} points")
+        for step in ("id", "single", "centroid", "ward", "density_peaks", "complete", "complete:20000"):
+            run(step, args.big)
+        return
     print(f"== paper size: {args.n} points (1,001-D features, 10-D codes for clustering)")
     for step in ("id", "autoencoder", "single", "centroid", "ward", "density_peaks", "complete", "complete:20000"):
         run(step, args.n)

@@ -126,7 +126,12 @@ def export_run(run: Path | str, int8: bool = False, parity_images: int = 16, cal
     config, manifest, report = _run_files(run)
     pp = Preprocessing.from_dict(config["preprocessing"])
     keras.mixed_precision.set_global_policy("float32")
-    model = keras.models.load_model(run / "model.keras", compile=False)
+    trained = keras.models.load_model(run / "model.keras", compile=False)
+    # Rebuilt in float32 (a GPU run trains in mixed precision; its variables are float32 anyway).
+    from models.architectures import build
+
+    model = build(config["arch"], pp.input_size, classes=len(config["classes"]))
+    model.set_weights(trained.get_weights())
     temperature = float(report.get("temperature", 1.0))
     serving = serving_model(model, temperature)
     t0 = time.perf_counter()

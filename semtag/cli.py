@@ -48,6 +48,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if "inference" in queues:
         # celery-batches caps a batch at prefetch × concurrency: prefetch enough to fill two batches.
         app.conf.worker_prefetch_multiplier = max(1, 2 * s.inference_batch_size)
+        app.conf.semtag_warm_inference = s.inference_warmup
     argv = ["worker", "-Q", ",".join(queues), "--loglevel", args.loglevel, "-c", str(args.concurrency),
             "-n", args.name or f"semtag-{'-'.join(queues)}@%h", "--pool", args.pool]
     if args.beat:

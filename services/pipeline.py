@@ -106,6 +106,15 @@ def _engine(rt: Runtime, model: ModelVersion):  # noqa: ANN202
         review_threshold=st.review_confidence_threshold, max_pixels=st.max_pixels))
 
 
+def warm_engine(rt: Runtime) -> str | None:
+    """Load and warm up the active model's engine (an inference worker's start); its version or None."""
+    model = active_model(rt)
+    if model is None:
+        return None
+    _engine(rt, model)
+    return model.version
+
+
 def _store_predictions(rt: Runtime, model: ModelVersion, done: list) -> dict[int, str]:  # noqa: ANN001
     out = {}
     with rt.session() as s:

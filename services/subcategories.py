@@ -140,6 +140,9 @@ def run_clustering(rt: Runtime, params: dict[str, Any], out_dir: Path, run_id: i
                        "empty_selection")
     say(0.02, f"features of {len(rows)} images")
     X, ids = features_for(rt, model, rows, p["output"], lambda f: say(0.02 + 0.2 * f, "features"))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    np.savez(Path(out_dir) / "features.npz", ids=np.array(ids, np.int64), X=X, output=p["output"],
+             model_version=model.version)
     cats = {iid: cat for iid, _, cat in rows}
     with rt.session() as s:
         hl = hand_labels(s, ids)

@@ -159,6 +159,7 @@ def test_inference_worker_batches_and_survives_a_kill(prod_settings, alexnet_onn
     log = tmp_path / "worker.log"
     n = 24
     worker = Worker(prod_settings, "inference", log)
+    _poll(lambda: f"inference engine warmed up for model {version}" in log.read_text(), timeout=60)
     c = Client(prod_settings)
     count = lambda: c.rt.session().__enter__().scalar(select(func.count()).select_from(Prediction))  # noqa: E731
     try:

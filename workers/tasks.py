@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from celery.signals import worker_ready
 from celery_batches import Batches
 
 from semtag.settings import get_settings
@@ -51,6 +52,18 @@ def classify(requests: list) -> dict:
         # e.g. the model file is unreadable: the images stay pending and the reconciler retries them
         log.exception("classification batch of %d images failed; left pending for the reconciler", len(ids))
         return {}
+
+
+@worker_ready.connect
+def _warm_inference(sender=None, **_kw) -> None:  # noqa: ANN001
+    """An inference worker loads the active model and runs its batch sizes once before taking work."""
+    if not app.conf.get("semtag_warm_inference"):
+        return
+    try:
+        version = pipeline.warm_engine(get_runtime())
+        log.info("inference engine warmed up for model %s", version or "(none active)")
+    except Exception:
+        log.exception("could not warm up the inference engine; the first batch will load it")
 
 
 @app.task(name=TASK_RUN_JOB)

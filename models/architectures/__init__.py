@@ -56,7 +56,7 @@ def build(arch: str, image_size: int | None = None, classes: int = 10, channels:
     inp = keras.Input((size, size, channels), name="image")
     feats = backbone(inp)
     x = layers.Dropout(dropout, name="head_dropout")(feats)
-    logits = layers.Dense(classes, name="logits")(x)
+    logits = layers.Dense(classes, name="logits", dtype="float32")(x)  # float32 even under mixed precision
     return keras.Model(inp, logits, name=arch)
 
 
