@@ -40,7 +40,7 @@ def make_dataset(paths: list[str], labels: list[int], pp: Preprocessing, batch_s
     size = pp.input_size
 
     def _load(path: bytes) -> np.ndarray:
-        return resize_gray(load_gray(path.decode(), max_pixels), pp)
+        return resize_gray(load_gray(path.decode(), max_pixels, min_side=pp.input_size), pp)
 
     def _decode(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         img = tf.numpy_function(_load, [path], tf.uint8, stateful=False)

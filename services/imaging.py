@@ -184,24 +184,51 @@ def _gray(arr: np.ndarray) -> np.ndarray:
     raise ImageRejected("invalid_image", f"unsupported pixel layout {arr.shape}")
 
 
-def load_gray(path: Path | str, max_pixels: int) -> np.ndarray:
-    """Decode the first page to a 2-D uint8 array (raises :class:`ImageRejected`)."""
+def load_gray(path: Path | str, max_pixels: int, min_side: int | None = None) -> np.ndarray:
+    """Decode the first page to a 2-D uint8 array (raises :class:`ImageRejected`).
+
+    PNG/JPEG/BMP are decoded once (the probe's checks happen on the same decode); TIFF goes
+    through the full probe first (pages, bit depth, colour map). ``min_side``: a JPEG may be
+    decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) while both sides stay ≥ it — for
+    model inputs, never for scale reading, which measures pixels.
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if not head:
+        raise ImageRejected("empty_file", "the file is empty")
+    fmt = sniff_format(head)
+    if fmt != "TIFF":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with PILImage.open(path) as img:
+                    _check_pixels(img.size[0], img.size[1], 1, max_pixels)
+                    if min_side and fmt == "JPEG" and img.mode in ("L", "RGB"):
+                        img.draft(img.mode, (min_side, min_side))
+                    if img.mode == "P" or img.mode == "1":
+                        img = img.convert("L")
+                    return _gray(np.asarray(img))
+        except ImageRejected:
+            raise
+        except OSError as exc:
+            msg = str(exc)
+            if "truncated" in msg or "broken" in msg.lower():
+                raise ImageRejected("truncated_image", f"{fmt} data is truncated or damaged: {msg}") from exc
+            raise ImageRejected("invalid_image", f"{fmt} cannot be decoded: {msg}") from exc
+        except Exception as exc:
+            raise ImageRejected("invalid_image", f"{fmt} cannot be decoded: {exc}") from exc
     info = probe(path, max_pixels)
     try:
-        if info.format == "TIFF":
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                arr = page.asarray()
-                if info.mode == "P" and page.colormap is not None:
-                    cmap = np.asarray(page.colormap)
-                    if cmap.max() > 255:
-                        cmap = (cmap // 257).astype(np.uint8)
-                    arr = np.moveaxis(cmap[:, arr], 0, -1)
-            return _gray(np.asarray(arr))
-        with PILImage.open(path) as img:
-            if img.mode == "P" or img.mode == "1":
-                img = img.convert("L")
-            return _gray(np.asarray(img))
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            arr = page.asarray()
+            if info.mode == "P" and page.colormap is not None:
+                cmap = np.asarray(page.colormap)
+                if cmap.max() > 255:
+                    cmap = (cmap // 257).astype(np.uint8)
+                arr = np.moveaxis(cmap[:, arr], 0, -1)
+        return _gray(np.asarray(arr))
     except ImageRejected:
         raise
     except Exception as exc:

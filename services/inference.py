@@ -136,7 +136,7 @@ class Engine:
         """(model input, colourfulness) for one file; raises ``ImageRejected``/``OSError``."""
         from PIL import Image as PILImage
 
-        gray = load_gray(path, self.max_pixels)
+        gray = load_gray(path, self.max_pixels, min_side=self.pp.input_size)
         colour = 0.0
         try:
             with PILImage.open(path) as im:

@@ -69,4 +69,4 @@ def prepare_gray(gray: np.ndarray, pp: Preprocessing) -> np.ndarray:
 
 def prepare(path: Path | str, pp: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` (any accepted format) and prepare it; raises ``ImageRejected`` for bad files."""
-    return prepare_gray(load_gray(path, max_pixels), pp)
+    return prepare_gray(load_gray(path, max_pixels, min_side=pp.input_size), pp)

@@ -137,3 +137,18 @@ def test_temperature_scaling_and_ece() -> None:
     assert perfect["accuracy"] == 1.0 and perfect["macro_f1"] == 1.0
     with pytest.raises(ValueError, match="NaN"):
         evaluation.fit_temperature(np.full((3, 10), np.nan), np.zeros(3, int))
+
+
+def test_model_inputs_may_decode_jpeg_at_reduced_scale(tmp_path: Path) -> None:
+    from services.imaging import load_gray
+    from services.preprocess import prepare
+
+    img, _ = synth.make_image(6, 1024, 768, seed=4)
+    cv2.imwrite(str(tmp_path / "a.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    assert load_gray(tmp_path / "a.jpg", 10**9).shape == (768, 1024)  # scale reading: full resolution
+    assert load_gray(tmp_path / "a.jpg", 10**9, min_side=299).shape == (384, 512)  # still ≥ 299 both ways
+    assert load_gray(tmp_path / "a.png", 10**9, min_side=299).shape == (768, 1024)
+    pp = Preprocessing(input_size=299)
+    fast, full = prepare(tmp_path / "a.jpg", pp), prepare(tmp_path / "a.png", pp)
+    assert fast.shape == full.shape and np.abs(fast - full).mean() < 0.03  # the same picture
