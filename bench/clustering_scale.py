@@ -34,9 +34,12 @@ def _step(name: str, n: int, q) -> None:  # noqa: ANN001
     t = time.perf_counter()
     extra: dict = {}
     if name == "id":
-        from services.clustering.intrinsic_dim import TwoNN
+        from services.clustering.analysis import AnalysisConfig
+        from services.clustering.intrinsic_dim import TwoNN, subsample
 
-        extra["id"] = TwoNN(0.9).fit(X).dimension_
+        Xs = subsample(X, AnalysisConfig().id_max_points)  # what the job does: at most 50,000 points
+        extra["id"] = TwoNN(0.9).fit(Xs).dimension_
+        extra["points_used"] = len(Xs)
     elif name == "autoencoder":
         from services.clustering.autoencoder import Autoencoder
 

@@ -248,3 +248,16 @@ def test_scratch_inception_v3_learns_the_synthetic_set(tmp_path: Path) -> None:
     report = train(TrainConfig(data=str(data), arch="inception_v3", mode="scratch", out=str(tmp_path / "run"),
                                epochs=12, batch_size=16, image_size=75, augment=False, verbose=0))
     assert report["test"]["accuracy"] >= 0.9, report["test"]["confusion_matrix"]
+
+
+def test_train_cli_and_its_errors(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli-run"
+    assert main(["train", "--data", str(tiny_data), "--arch", "alexnet", "--mode", "scratch", "--epochs", "1",
+                 "--batch-size", "16", "--image-size", "48", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["run"] == str(out) and 0 <= summary["test_accuracy"] <= 1 and "ece_after" in summary
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--arch", "alexnet", "--out", str(tmp_path / "z")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--data", str(tiny_data), "--arch", "inception_v3", "--mode", "feature-extraction",
+                 "--init", str(tmp_path / "imagenet_notop.h5"), "--out", str(tmp_path / "w")]) == 2
+    assert "Nothing is downloaded" in capsys.readouterr().err

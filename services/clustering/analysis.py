@@ -28,7 +28,7 @@ from services.clustering.distances import (
     labelled_sample,
 )
 from services.clustering.hierarchy import DEFAULT_BUDGET, METHODS, Hierarchical, check_features
-from services.clustering.intrinsic_dim import TwoNN, id_by_decimation
+from services.clustering.intrinsic_dim import TwoNN, id_by_decimation, subsample
 from services.errors import BadInput
 
 ALL_METHODS = (*METHODS, "density_peaks")
@@ -48,6 +48,7 @@ class AnalysisConfig:
     k_points: int = 12
     k_min: int = 10
     id_repeats: int = 3
+    id_max_points: int = 50_000          # the 2-NN estimate on at most this many points (N² cost)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -98,8 +99,10 @@ def analyse(X: np.ndarray, labels: np.ndarray, cfg: AnalysisConfig, out_dir: Pat
 
     say(0.05, "intrinsic dimension (2-NN)")
     with _timed(stats, "intrinsic_dimension"):
-        curve = id_by_decimation(X, min_points=min(100, len(X)), repeats=cfg.id_repeats, seed=cfg.seed)
-    report["intrinsic_dimension"] = {"estimate": curve[0]["id_90"], "by_sample_size": curve}
+        Xid = subsample(X, cfg.id_max_points, cfg.seed)
+        curve = id_by_decimation(Xid, min_points=min(100, len(Xid)), repeats=cfg.id_repeats, seed=cfg.seed)
+    report["intrinsic_dimension"] = {"estimate": curve[0]["id_90"], "by_sample_size": curve,
+                                     "points_used": len(Xid)}
     _plot_id(curve, out / "id_vs_n.png")
 
     Z = X

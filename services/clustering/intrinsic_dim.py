@@ -80,6 +80,14 @@ class TwoNN:
         return self.fit(X).dimension_
 
 
+def subsample(X: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
+    """At most ``max_points`` rows, drawn at random: the 2-NN cost grows as N² in high dimension,
+    and the estimate of the first decimation level already uses a subset."""
+    if len(X) <= max_points:
+        return X
+    return X[np.sort(np.random.default_rng(seed).choice(len(X), max_points, replace=False))]
+
+
 def id_by_decimation(X: np.ndarray, fractions: tuple[float, ...] = (0.9, 0.7, 0.5), min_points: int = 20,
                      repeats: int = 5, seed: int = 0) -> list[dict]:
     """ID against sample size: N, N/2, N/4, … (≥ ``min_points``), mean and std over ``repeats`` subsets."""
