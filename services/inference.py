@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from services.errors import BadInput, SemtagError
+from services.errors import BadInput
 from services.imaging import ImageRejected, load_gray
 from services.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, prepare_gray
 
@@ -212,7 +212,3 @@ def engine_for(path: Path | str, sha256: str, loader: Callable[[], Engine] | Non
             _cache.clear()  # one model in memory: a newly activated model replaces the old one
             _cache[sha256] = eng
         return eng
-
-
-class EngineUnavailable(SemtagError):
-    code = "engine_unavailable"

@@ -281,3 +281,20 @@ def test_real_metadata_pixel_sizes_within_half_percent():
         truth = float(r["scale_truth"].split("px=")[1].split()[0])
         assert res.source == "metadata", r["file"]
         assert abs(res.pixel_size_nm - truth) / truth <= 0.005, (r["file"], res.pixel_size_nm, truth)
+
+
+def test_illegible_micro_sign_falls_back_to_the_magnification() -> None:
+    from services.scale.databar import Bar
+    from services.scale.ocr import Word
+    from services.scale.reader import label_from_mag
+
+    # 1280 px wide at ×2,000: 127 mm / 2000 / 1280 = 49.6 nm per pixel, so a 10 µm bar is ≈ 202 px
+    bar = Bar(x0=700, x1=902, y=1000, top=996, bottom=1004, left=700, right=902, kind="line")
+    words = [Word("X2,000", 90, 400, 990, 80, 20), Word("104m", 40, 600, 990, 60, 20),
+             Word("WD", 90, 930, 990, 30, 20), Word("10.0mm", 90, 965, 990, 70, 20)]
+    label, found, _ = label_from_mag(words, [bar], 2000, 1280)
+    assert (label.value, label.unit, label.guessed_unit, found) == (10.0, "µm", True, bar)
+    assert label_from_mag(words, [bar], None, 1280) is None  # no magnification: no guess
+    assert label_from_mag(words, [bar], 2, 1280) is None  # a misread magnification
+    # digits that agree with no unit at this magnification give nothing
+    assert label_from_mag([Word("7xm", 40, 600, 990, 60, 20)], [bar], 2000, 1280) is None

@@ -2,7 +2,7 @@
 
 The label of the scale bar is read from targeted crops around the bar (upscaled, binarised);
 the rest of the bar (Mag, kV, WD, detector, date, vendor) from the whole data bar. Parsing
-tolerates Tesseract's usual confusions: µ read as u, p, y, T, d or j; O/0, l/1, S/5.
+tolerates Tesseract's usual confusions: µ read as u, p, y, T, d, j or z; O/0, l/1, S/5.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def lines_of(words: list[Word]) -> list[list[Word]]:
 
 # ---- parsing -----------------------------------------------------------------------------
 
-_MU = "µμupyTdja"
+_MU = "µμupyTdjaz"
 _QTY = re.compile(
     r"(?<![\w.])(?P<num>[0-9OoIl|SB]{1,4}(?:[.,][0-9Oo]{1,3})?)\s*(?P<unit>[" + _MU + r"]m|nm|mm|m)(?P<star>\*?)(?![A-Za-z])"
 )

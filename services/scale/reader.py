@@ -9,6 +9,7 @@ both give a pixel size, both are kept in ``detail`` and a disagreement above 5% 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,52 @@ def _field_width_px(fields: dict, width: int) -> float | None:
     return to_nm(*q) / width if q else None
 
 
+_DIGIT_LOOKALIKES = str.maketrans({"O": "0", "o": "0", "I": "1", "l": "1", "|": "1", "i": "1", "T": "1",
+                                   "S": "5", "B": "8"})
+_NOT_A_LABEL = re.compile(r"(kV|KV|k¥|kv|WD|HFW|FOV|mag)", re.I)
+
+
+def label_from_mag(words: list[ocr.Word], bars: list[Bar], mag: float | None,
+                   width: int) -> tuple[ocr.Label, Bar, float] | None:
+    """A fallback when no 'number + unit' was legible: the number printed next to the scale bar,
+    with the unit the magnification implies.
+
+    Tesseract often mangles µ beyond recognition ('104m', 'Tum', '1am'). The digits next to the
+    bar (and their prefixes: '104m' may be '10' + a µ read as '4') are tried with nm, µm and mm;
+    a candidate is kept only when it is a round bar length and agrees with the magnification
+    within a factor of 2. The result is always flagged as guessed (low confidence).
+    """
+    if not mag or mag < 5 or not bars:  # below 5× the magnification itself was misread
+        return None
+    best = None
+    for bar in bars[:3]:
+        for i, w in enumerate(words):
+            lh = max(6.0, float(w.height))
+            dx = max(0.0, bar.left - (w.left + w.width), w.left - bar.right)
+            dy = max(0.0, bar.top - (w.top + w.height), w.top - bar.bottom)
+            if np.hypot(dx, dy) > 3.0 * lh + 10 or _NOT_A_LABEL.search(w.text) or re.search(r"\d,\d{3}", w.text):
+                continue  # another field, or a magnification such as '10,000'
+            if i > 0 and re.fullmatch(r"(WD|HFW|FOV|X|x)[:=]?", words[i - 1].text.strip()):
+                continue
+            m = re.match(r"^[(\[]?([0-9OoIl|iTSB]{1,4})", w.text)
+            if not m:
+                continue
+            digits = m.group(1).translate(_DIGIT_LOOKALIKES)
+            if not digits.isdigit() or "." in w.text[m.end():m.end() + 1]:
+                continue
+            for n in range(len(digits), 0, -1):
+                value = float(digits[:n])
+                if not nice_value(value):
+                    continue
+                for unit in ("nm", "µm", "mm"):
+                    ratio = mag_ratio(to_nm(value, unit) / bar.length, mag, width)
+                    if ratio is not None and 0.5 <= ratio <= 2.0:
+                        score = abs(np.log(ratio))
+                        if best is None or score < best[2]:
+                            best = (ocr.Label(value, unit, w.text, True, [w]), bar, score)
+    return best
+
+
 def read_ocr(gray: np.ndarray) -> OcrReading:
     h, w = gray.shape
     r = OcrReading()
@@ -185,9 +232,19 @@ def read_ocr(gray: np.ndarray) -> OcrReading:
     labels = ocr.find_labels(words)
     bars = [b for b in bars if not _inside_text(b, words)]
     if not labels:
-        r.reason = "no scale label found in the data bar" if box else "no data bar and no labelled scale bar found"
-        if bars:
-            r.bar_px = round(bars[0].length, 1)
+        guess = label_from_mag(words, bars, parse_mag(r.fields.get("mag")), w)
+        if guess is None:
+            r.reason = "no scale label found in the data bar" if box else "no data bar and no labelled scale bar found"
+            if bars:
+                r.bar_px = round(bars[0].length, 1)
+            return r
+        label, bar, _ = guess
+        r.scale_value, r.scale_unit, r.label_text = label.value, label.unit, label.text
+        r.bar_px = round(bar.length, 1)
+        r.pixel_size_nm = to_nm(label.value, label.unit) / bar.length
+        r.fields["mag_check"] = round(mag_ratio(r.pixel_size_nm, parse_mag(r.fields.get("mag")), w), 3)
+        r.reason = f"label {label.text!r} illegible: number read beside the bar, unit from the magnification"
+        r.confidence = 0.4
         return r
     label, bar = _pair(labels, bars, parse_mag(r.fields.get("mag")), w)
     r.scale_value, r.scale_unit, r.label_text = label.value, label.unit, label.text
