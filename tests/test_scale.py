@@ -298,3 +298,22 @@ def test_illegible_micro_sign_falls_back_to_the_magnification() -> None:
     assert label_from_mag(words, [bar], 2, 1280) is None  # a misread magnification
     # digits that agree with no unit at this magnification give nothing
     assert label_from_mag([Word("7xm", 40, 600, 990, 60, 20)], [bar], 2000, 1280) is None
+
+
+def test_filled_block_bar_is_found_and_text_blocks_are_not() -> None:
+    import numpy as np
+
+    from services.scale.databar import find_bars
+    from services.scale.ocr import Word
+    from services.scale.reader import label_from_mag
+
+    img = np.full((400, 640), 120, np.uint8)
+    img[340:] = 0  # dark data bar
+    img[352:365, 500:550] = 255  # a solid 50×13 scale bar
+    img[350:384, 580:620] = 255  # a 40×34 logo-like block: not a bar
+    bars = find_bars(img, (0, 340, 640, 400))
+    blocks = [b for b in bars if b.kind == "block"]
+    assert len(blocks) == 1 and blocks[0].length == 50 and blocks[0].left == 500
+    # the label '1m' (µ lost) beside it, with a printed field width of 12.8 µm over 640 px = 20 nm/px
+    label, bar, _ = label_from_mag([Word("1m", 40, 560, 350, 24, 16)], blocks, None, 640, px_ref_nm=20.0)
+    assert (label.value, label.unit, bar.kind) == (1.0, "µm", "block")

@@ -24,7 +24,7 @@ class Bar:
     bottom: int
     left: int
     right: int
-    kind: str  # line | capped | ruler
+    kind: str  # line | capped | ruler | half | block
 
     @property
     def length(self) -> float:
@@ -124,7 +124,13 @@ def find_bars(gray: np.ndarray, box: tuple[int, int, int, int] | None = None) ->
         if core_rows.size == 0 or np.ptp(core_rows) + 1 != core_rows.size:
             continue
         thick = core_rows.size
-        if thick > max(3, 0.25 * w) or h > max(0.6 * w, thick + 40):
+        if thick > max(3, 0.25 * w):
+            # a filled block bar (some JEOL/Hitachi-style JPEG bars): solid, at least 3× as long as thick
+            if area >= 0.95 * w * h and w >= 3 * h and h == thick and h <= 0.6 * rh:
+                yc = int(y0b + y + h / 2)
+                bars.append(Bar(x0b + x, x0b + x + w, yc, y0b + y, y0b + y + h, x0b + x, x0b + x + w, "block"))
+            continue
+        if h > max(0.6 * w, thick + 40):
             continue
         lt, rt = _ticks(comp, core_rows)
         yc = int(y0b + y + core_rows.mean())

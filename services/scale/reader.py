@@ -167,16 +167,19 @@ _NOT_A_LABEL = re.compile(r"(kV|KV|k¥|kv|WD|HFW|FOV|mag)", re.I)
 
 
 def label_from_mag(words: list[ocr.Word], bars: list[Bar], mag: float | None,
-                   width: int) -> tuple[ocr.Label, Bar, float] | None:
+                   width: int, px_ref_nm: float | None = None) -> tuple[ocr.Label, Bar, float] | None:
     """A fallback when no 'number + unit' was legible: the number printed next to the scale bar,
     with the unit the magnification implies.
 
     Tesseract often mangles µ beyond recognition ('104m', 'Tum', '1am'). The digits next to the
     bar (and their prefixes: '104m' may be '10' + a µ read as '4') are tried with nm, µm and mm;
     a candidate is kept only when it is a round bar length and agrees with the magnification
-    within a factor of 2. The result is always flagged as guessed (low confidence).
+    (or, given ``px_ref_nm``, the pixel size of a printed field width) within a factor of 2.
+    The result is always flagged as guessed (low confidence).
     """
-    if not mag or mag < 5 or not bars:  # below 5× the magnification itself was misread
+    if mag is not None and mag < 5:  # below 5× the magnification itself was misread
+        mag = None
+    if (not mag and not px_ref_nm) or not bars:
         return None
     best = None
     for bar in bars[:3]:
@@ -199,7 +202,8 @@ def label_from_mag(words: list[ocr.Word], bars: list[Bar], mag: float | None,
                 if not nice_value(value):
                     continue
                 for unit in ("nm", "µm", "mm"):
-                    ratio = mag_ratio(to_nm(value, unit) / bar.length, mag, width)
+                    px = to_nm(value, unit) / bar.length
+                    ratio = px / px_ref_nm if px_ref_nm else mag_ratio(px, mag, width)
                     if ratio is not None and 0.5 <= ratio <= 2.0:
                         score = abs(np.log(ratio))
                         if best is None or score < best[2]:
@@ -232,7 +236,7 @@ def read_ocr(gray: np.ndarray) -> OcrReading:
     labels = ocr.find_labels(words)
     bars = [b for b in bars if not _inside_text(b, words)]
     if not labels:
-        guess = label_from_mag(words, bars, parse_mag(r.fields.get("mag")), w)
+        guess = label_from_mag(words, bars, parse_mag(r.fields.get("mag")), w, _field_width_px(r.fields, w))
         if guess is None:
             r.reason = "no scale label found in the data bar" if box else "no data bar and no labelled scale bar found"
             if bars:
@@ -242,8 +246,11 @@ def read_ocr(gray: np.ndarray) -> OcrReading:
         r.scale_value, r.scale_unit, r.label_text = label.value, label.unit, label.text
         r.bar_px = round(bar.length, 1)
         r.pixel_size_nm = to_nm(label.value, label.unit) / bar.length
-        r.fields["mag_check"] = round(mag_ratio(r.pixel_size_nm, parse_mag(r.fields.get("mag")), w), 3)
-        r.reason = f"label {label.text!r} illegible: number read beside the bar, unit from the magnification"
+        check = mag_ratio(r.pixel_size_nm, parse_mag(r.fields.get("mag")), w)
+        if check is not None:
+            r.fields["mag_check"] = round(check, 3)
+        r.reason = (f"label {label.text!r} illegible: number read beside the bar, unit from the "
+                    f"{'printed field width' if _field_width_px(r.fields, w) else 'magnification'}")
         r.confidence = 0.4
         return r
     label, bar = _pair(labels, bars, parse_mag(r.fields.get("mag")), w)
