@@ -7,7 +7,6 @@ never points at a run folder that may be moved or deleted. Exactly one model per
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -18,17 +17,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from services.errors import BadInput, NotFound
+from services.inference import META_KEY
+from services.pipeline import active_model_in
+from services.storage import sha256_file
 from services.tables import ModelVersion
 
-META_KEY = "semtag"
-
-
-def sha256_file(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_meta(path: Path | str) -> dict[str, Any]:
@@ -93,8 +86,7 @@ def get(session: Session, version: str) -> ModelVersion:
     return row
 
 
-def active(session: Session, task: str = "classification") -> ModelVersion | None:
-    return session.scalar(select(ModelVersion).where(ModelVersion.task == task, ModelVersion.active.is_(True)))
+active = active_model_in
 
 
 def activate(session: Session, version: str) -> ModelVersion:

@@ -17,7 +17,6 @@ and ECE before/after calibration on validation).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -33,6 +32,7 @@ from services.datasets import Manifest, load_manifest_or_scan
 from services.errors import BadInput
 from services.evaluation import classification_report, fit_temperature
 from services.preprocess import Preprocessing
+from services.storage import sha256_file
 
 DEFAULT_LR = {"scratch": 1e-3, "feature-extraction": 1e-3, "fine-tuning": 1e-4}
 
@@ -61,14 +61,6 @@ class TrainConfig:
 
 
 ProgressFn = Callable[[int, int, dict], None]
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -135,7 +127,7 @@ def load_init(model, arch: str, init: str) -> dict:  # noqa: ANN001
         raise
     except Exception as exc:  # noqa: BLE001 — Keras raises many types for a wrong file
         raise BadInput(f"checkpoint {path} cannot be loaded into the {arch} backbone: {exc}", "bad_checkpoint") from exc
-    return {"kind": kind, "path": str(path.resolve()), "sha256": _sha256_file(path)}
+    return {"kind": kind, "path": str(path.resolve()), "sha256": sha256_file(path)}
 
 
 def _configure_device(cfg: TrainConfig) -> dict:
@@ -161,46 +153,44 @@ def _batchnorms(layer) -> list:  # noqa: ANN001
     return found
 
 
-class _EpochLog:
+def _epoch_log(*a, **k):  # noqa: ANN002, ANN003, ANN202 — the class is built here so importing needs no TF
     """Keras callback: evaluates validation and test after every epoch, logs JSON lines + TensorBoard."""
+    import keras
+    import tensorflow as tf
 
-    def __new__(cls, *a, **k):  # noqa: ANN002, ANN003, ANN204 — built lazily so importing needs no TF
-        import keras
-        import tensorflow as tf
+    class EpochLog(keras.callbacks.Callback):
+        def __init__(self, val_ds, test_ds, metrics_path: Path, tb_dir: Path, stage: str,
+                     epoch_offset: int, total_epochs: int, progress: ProgressFn | None):
+            super().__init__()
+            self.val_ds, self.test_ds = val_ds, test_ds
+            self.metrics_path, self.stage = metrics_path, stage
+            self.offset, self.total, self.progress = epoch_offset, total_epochs, progress
+            self.writer = tf.summary.create_file_writer(str(tb_dir / "eval"))
+            self.t0 = time.perf_counter()
 
-        class EpochLog(keras.callbacks.Callback):
-            def __init__(self, val_ds, test_ds, metrics_path: Path, tb_dir: Path, stage: str,
-                         epoch_offset: int, total_epochs: int, progress: ProgressFn | None):
-                super().__init__()
-                self.val_ds, self.test_ds = val_ds, test_ds
-                self.metrics_path, self.stage = metrics_path, stage
-                self.offset, self.total, self.progress = epoch_offset, total_epochs, progress
-                self.writer = tf.summary.create_file_writer(str(tb_dir / "eval"))
-                self.t0 = time.perf_counter()
+        def on_epoch_begin(self, epoch: int, logs=None) -> None:  # noqa: ANN001
+            self.t0 = time.perf_counter()
 
-            def on_epoch_begin(self, epoch: int, logs=None) -> None:  # noqa: ANN001
-                self.t0 = time.perf_counter()
+        def on_epoch_end(self, epoch: int, logs=None) -> None:  # noqa: ANN001
+            seconds = time.perf_counter() - self.t0
+            rec = {"epoch": self.offset + epoch + 1, "stage": self.stage,
+                   "loss": float(logs.get("loss", np.nan)), "accuracy": float(logs.get("accuracy", np.nan)),
+                   "train_seconds": round(seconds, 3)}
+            for name, ds in (("val", self.val_ds), ("test", self.test_ds)):
+                if ds is not None:
+                    loss, acc = self.model.evaluate(ds, verbose=0)
+                    rec[f"{name}_loss"], rec[f"{name}_accuracy"] = float(loss), float(acc)
+            rec["seconds"] = round(time.perf_counter() - self.t0, 3)
+            with open(self.metrics_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            with self.writer.as_default(step=rec["epoch"]):
+                for key in ("val_loss", "val_accuracy", "test_loss", "test_accuracy"):
+                    if key in rec:
+                        tf.summary.scalar(key, rec[key])
+            if self.progress is not None:
+                self.progress(rec["epoch"], self.total, rec)
 
-            def on_epoch_end(self, epoch: int, logs=None) -> None:  # noqa: ANN001
-                seconds = time.perf_counter() - self.t0
-                rec = {"epoch": self.offset + epoch + 1, "stage": self.stage,
-                       "loss": float(logs.get("loss", np.nan)), "accuracy": float(logs.get("accuracy", np.nan)),
-                       "train_seconds": round(seconds, 3)}
-                for name, ds in (("val", self.val_ds), ("test", self.test_ds)):
-                    if ds is not None:
-                        loss, acc = self.model.evaluate(ds, verbose=0)
-                        rec[f"{name}_loss"], rec[f"{name}_accuracy"] = float(loss), float(acc)
-                rec["seconds"] = round(time.perf_counter() - self.t0, 3)
-                with open(self.metrics_path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-                with self.writer.as_default(step=rec["epoch"]):
-                    for key in ("val_loss", "val_accuracy", "test_loss", "test_accuracy"):
-                        if key in rec:
-                            tf.summary.scalar(key, rec[key])
-                if self.progress is not None:
-                    self.progress(rec["epoch"], self.total, rec)
-
-        return EpochLog(*a, **k)
+    return EpochLog(*a, **k)
 
 
 def _predict_logits(model, ds) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
@@ -273,7 +263,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, manifest: Manife
         model.compile(optimizer=keras.optimizers.Adam(rate),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"], jit_compile=device["xla"])
-        callbacks = [_EpochLog(val_ds, test_ds, metrics_path, out / "tb", name, done, total, progress),
+        callbacks = [_epoch_log(val_ds, test_ds, metrics_path, out / "tb", name, done, total, progress),
                      keras.callbacks.TensorBoard(log_dir=str(out / "tb"), write_graph=False, profile_batch=0)]
         model.fit(train_ds, epochs=epochs, verbose=verbose, callbacks=callbacks)
         done += epochs

@@ -13,18 +13,10 @@ from typing import Any
 
 from models.archs import ARCH_NAMES, MODE_NAMES
 from services.errors import BadInput
+from services.params import int_param
 
 _KEYS = {"data", "arch", "mode", "init", "epochs", "fe_epochs", "batch_size", "image_size", "lr", "seed", "int8",
          "name", "augment"}
-
-
-def _int(params: dict, key: str, default: int | None, lo: int, hi: int) -> int | None:
-    v = params.get(key, default)
-    if v is None:
-        return None
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise BadInput(f"param {key!r} must be an integer from {lo} to {hi}", "bad_params")
-    return v
 
 
 def validate_training(params: dict[str, Any]) -> dict[str, Any]:
@@ -61,9 +53,11 @@ def validate_training(params: dict[str, Any]) -> dict[str, Any]:
         if key in params and not isinstance(params[key], bool):
             raise BadInput(f"param {key!r} must be true or false", "bad_params")
     return {"data": data, "arch": arch, "mode": mode, "init": init, "name": name,
-            "epochs": _int(params, "epochs", 10, 1, 1000), "fe_epochs": _int(params, "fe_epochs", None, 0, 1000),
-            "batch_size": _int(params, "batch_size", 32, 1, 4096), "image_size": _int(params, "image_size", None, 32, 1024),
-            "seed": _int(params, "seed", 0, 0, 2**31 - 1), "lr": lr, "int8": params.get("int8", False),
+            "epochs": int_param(params, "epochs", 10, 1, 1000),
+            "fe_epochs": int_param(params, "fe_epochs", None, 0, 1000, optional=True),
+            "batch_size": int_param(params, "batch_size", 32, 1, 4096),
+            "image_size": int_param(params, "image_size", None, 32, 1024, optional=True),
+            "seed": int_param(params, "seed", 0, 0, 2**31 - 1), "lr": lr, "int8": params.get("int8", False),
             "augment": params.get("augment", True)}
 
 

@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 
 from services.categories import NAMES, to_slug
 from services.errors import BadInput, NotFound
-from services.tables import HumanLabel, Image, ModelVersion, Prediction, utcnow
+from services.pipeline import active_model_in
+from services.tables import HumanLabel, Image, Prediction, utcnow
 
 MAX_PAGE = 500
 
@@ -41,10 +42,10 @@ def review_queue(session: Session, limit: int = 50, offset: int = 0) -> dict[str
     """Images whose active-model prediction needs review and that no human labelled, least confident first."""
     if not 1 <= limit <= MAX_PAGE or offset < 0:
         raise BadInput(f"limit must be 1–{MAX_PAGE} and offset ≥ 0", "bad_params")
-    active = session.scalar(select(ModelVersion.version).where(ModelVersion.active.is_(True),
-                                                               ModelVersion.task == "classification"))
-    if active is None:
+    model = active_model_in(session)
+    if model is None:
         return {"model_version": None, "total": 0, "items": []}
+    active = model.version
     labelled = select(HumanLabel.image_id)
     cond = and_(Prediction.model_version == active, Prediction.needs_review.is_(True),
                 Prediction.image_id.not_in(labelled))

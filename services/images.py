@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from services.categories import NAMES, SLUGS, to_slug
 from services.errors import BadInput, NotFound
 from services.scale.units import bin_edges_nm, parse_length, scale_bin, to_nm
-from services.tables import HumanLabel, Image, ImageStatus, ModelVersion, Prediction, ScaleReading, Subcategory
+from services.pipeline import active_model_in
+from services.tables import HumanLabel, Image, ImageStatus, Prediction, ScaleReading, Subcategory
 
 MAX_PAGE = 500
 
@@ -46,11 +47,11 @@ def image_detail(session: Session, image_id: int) -> dict[str, Any]:
         raise NotFound(f"image {image_id} not found")
     scale = session.scalar(select(ScaleReading).where(ScaleReading.image_id == image_id))
     # The active model's prediction when there is one, else the latest of any model.
-    active = session.scalar(select(ModelVersion.version).where(ModelVersion.active.is_(True)))
+    active = active_model_in(session)
     pred = None
     if active is not None:
         pred = session.scalar(select(Prediction).where(Prediction.image_id == image_id,
-                                                       Prediction.model_version == active))
+                                                       Prediction.model_version == active.version))
     if pred is None:
         pred = session.scalar(
             select(Prediction).where(Prediction.image_id == image_id).order_by(desc(Prediction.id)).limit(1)

@@ -118,6 +118,22 @@ def _probe_tiff(path: Path, max_pixels: int) -> ImageInfo:
         raise ImageRejected("invalid_image", f"TIFF cannot be read: {exc}") from exc
 
 
+def _sniff_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if not head:
+        raise ImageRejected("empty_file", "the file is empty")
+    return sniff_format(head)
+
+
+def _decode_error(fmt: str, exc: Exception) -> ImageRejected:
+    """The rejection for a decoder's exception: truncated/damaged data, or undecodable."""
+    msg = str(exc)
+    if isinstance(exc, OSError) and ("truncated" in msg or "broken" in msg.lower()):
+        return ImageRejected("truncated_image", f"{fmt} data is truncated or damaged: {msg}")
+    return ImageRejected("invalid_image", f"{fmt} cannot be decoded: {msg}")
+
+
 def probe(path: Path | str, max_pixels: int) -> ImageInfo:
     """Identify and validate an image file without keeping its pixels.
 
@@ -125,11 +141,7 @@ def probe(path: Path | str, max_pixels: int) -> ImageInfo:
     oversized (in pixels) files.
     """
     path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    if not head:
-        raise ImageRejected("empty_file", "the file is empty")
-    fmt = sniff_format(head)
+    fmt = _sniff_file(path)
     if fmt == "TIFF":
         return _probe_tiff(path, max_pixels)
     try:
@@ -143,13 +155,8 @@ def probe(path: Path | str, max_pixels: int) -> ImageInfo:
                 img.load()  # full decode: detects truncated JPEG/PNG
     except ImageRejected:
         raise
-    except OSError as exc:
-        msg = str(exc)
-        if "truncated" in msg or "broken" in msg.lower():
-            raise ImageRejected("truncated_image", f"{fmt} data is truncated or damaged: {msg}") from exc
-        raise ImageRejected("invalid_image", f"{fmt} cannot be decoded: {msg}") from exc
-    except (SyntaxError, ValueError) as exc:
-        raise ImageRejected("invalid_image", f"{fmt} cannot be decoded: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise _decode_error(fmt, exc) from exc
     return ImageInfo(fmt, int(width), int(height), _PIL_BITS.get(mode, 8), int(pages), mode)
 
 
@@ -193,11 +200,7 @@ def load_gray(path: Path | str, max_pixels: int, min_side: int | None = None) ->
     model inputs, never for scale reading, which measures pixels.
     """
     path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    if not head:
-        raise ImageRejected("empty_file", "the file is empty")
-    fmt = sniff_format(head)
+    fmt = _sniff_file(path)
     if fmt != "TIFF":
         try:
             with warnings.catch_warnings():
@@ -211,13 +214,8 @@ def load_gray(path: Path | str, max_pixels: int, min_side: int | None = None) ->
                     return _gray(np.asarray(img))
         except ImageRejected:
             raise
-        except OSError as exc:
-            msg = str(exc)
-            if "truncated" in msg or "broken" in msg.lower():
-                raise ImageRejected("truncated_image", f"{fmt} data is truncated or damaged: {msg}") from exc
-            raise ImageRejected("invalid_image", f"{fmt} cannot be decoded: {msg}") from exc
         except Exception as exc:
-            raise ImageRejected("invalid_image", f"{fmt} cannot be decoded: {exc}") from exc
+            raise _decode_error(fmt, exc) from exc
     info = probe(path, max_pixels)
     try:
         with tifffile.TiffFile(path) as tif:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import text
 
 from services.errors import BadInput, NotFound
+from services.params import float_param, int_param
 from services.runtime import TASK_RUN_JOB, Runtime
 from services.tables import Job, JobStatus, utcnow
 
@@ -50,26 +51,12 @@ def register_job_kind(name: str, handler, validate, description: str) -> None:  
     JOB_KINDS[name] = JobKind(handler, validate, description)
 
 
-def _int_param(params: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
-    value = params.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise BadInput(f"param {name!r} must be an integer from {lo} to {hi}", "bad_params")
-    return value
-
-
-def _float_param(params: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
-    value = params.get(name, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
-        raise BadInput(f"param {name!r} must be a number from {lo} to {hi}", "bad_params")
-    return float(value)
-
-
 def _validate_selftest(params: dict[str, Any]) -> dict[str, Any]:
     unknown = set(params) - {"steps", "step_seconds"}
     if unknown:
         raise BadInput(f"unknown params for selftest: {', '.join(sorted(unknown))}", "bad_params")
-    return {"steps": _int_param(params, "steps", 5, 1, 1000),
-            "step_seconds": _float_param(params, "step_seconds", 0.1, 0.0, 10.0)}
+    return {"steps": int_param(params, "steps", 5, 1, 1000),
+            "step_seconds": float_param(params, "step_seconds", 0.1, 0.0, 10.0)}
 
 
 def _selftest(ctx: JobContext) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from services.imaging import ImageRejected, load_gray
 from services.ingest import enqueue_processing
@@ -86,9 +87,14 @@ def read_scale(rt: Runtime, image_id: int) -> str:
     return result.source
 
 
+def active_model_in(session: Session, task: str = "classification") -> ModelVersion | None:
+    """The one active model of ``task`` (the registry keeps at most one), or None."""
+    return session.scalar(select(ModelVersion).where(ModelVersion.task == task, ModelVersion.active.is_(True)))
+
+
 def active_model(rt: Runtime, task: str = "classification") -> ModelVersion | None:
     with rt.session() as s:
-        return s.scalar(select(ModelVersion).where(ModelVersion.task == task, ModelVersion.active.is_(True)))
+        return active_model_in(s, task)
 
 
 def classify(rt: Runtime, image_id: int) -> str:

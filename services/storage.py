@@ -15,6 +15,15 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
 
 
+def sha256_file(path: Path | str) -> str:
+    """sha256 of a file on disk, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class BlobTooLarge(Exception):
     def __init__(self, limit: int):
         super().__init__(f"file exceeds the size limit of {limit} bytes")

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from services.categories import NAMES, SLUGS, index_of
 from services.clustering.analysis import ALL_METHODS, AnalysisConfig, analyse, medoids
 from services.errors import BadInput, NotFound
+from services.pipeline import active_model_in
 from services.runtime import Runtime
 from services.tables import HumanLabel, Image, ModelVersion, StepState, Subcategory
 
@@ -128,7 +129,7 @@ def run_clustering(rt: Runtime, params: dict[str, Any], out_dir: Path, run_id: i
     p = validate_params(params)
     say = progress or (lambda f, m: None)
     with rt.session() as s:
-        model = s.scalar(select(ModelVersion).where(ModelVersion.active.is_(True)))
+        model = active_model_in(s)
         if model is None:
             raise BadInput("no active model: features come from the active classifier; activate one first",
                            "no_model")

@@ -53,6 +53,19 @@ def _register(rt: Runtime, onnx_path: Path, activate: bool = True) -> str:
     return version
 
 
+def _renamed_copy(onnx_path: Path, run_name: str, folder: Path) -> Path:
+    """Another model file: the same weights under another run name (so another sha and version)."""
+    import onnx
+
+    m = onnx.load(str(onnx_path))
+    meta = json.loads(m.metadata_props[0].value)
+    meta["run_name"] = run_name
+    m.metadata_props[0].value = json.dumps(meta)
+    out = folder / f"{run_name}.onnx"
+    onnx.save(m, str(out))
+    return out
+
+
 def test_engine_reads_its_preprocessing_and_classifies(alexnet_onnx: Path, tmp_path: Path) -> None:
     eng = inference.Engine(alexnet_onnx, warmup=(1, 4))
     assert eng.pp.input_size == 64 and eng.classes == SLUGS and "CPUExecutionProvider" in eng.providers
@@ -127,20 +140,12 @@ def test_a_corrupt_image_fails_alone(sqlite_settings, alexnet_onnx: Path) -> Non
 
 
 def test_new_model_adds_rows_and_history_stays(sqlite_settings, alexnet_onnx: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    import onnx
-
     migrate.upgrade(sqlite_settings.effective_database_url)
     rt = Runtime(sqlite_settings, queue=NullQueue())
     v1 = _register(rt, alexnet_onnx)
     ids = [_stored(rt, _png(c, 50 + c), f"{c}.png") for c in range(2)]
     pipeline.classify_batch(rt, ids)
-    m = onnx.load(str(alexnet_onnx))  # a second model: same weights, another run name
-    meta = json.loads(m.metadata_props[0].value)
-    meta["run_name"] = "second"
-    m.metadata_props[0].value = json.dumps(meta)
-    onnx.save(m, str(tmp_path / "second.onnx"))
-    with rt.session() as s:
-        v2 = registry.register(s, tmp_path / "second.onnx", sqlite_settings.data_dir / "models").version
+    v2 = _register(rt, _renamed_copy(alexnet_onnx, "second", tmp_path), activate=False)
     info = registry.activate_and_requeue(rt, v2, reclassify=True)
     assert info["queued_images"] == 2
     pipeline.classify_batch(rt, ids)
@@ -227,18 +232,10 @@ def test_classify_cli(alexnet_onnx: Path, tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_activation_during_a_batch_does_not_mix_versions(sqlite_settings, alexnet_onnx: Path,
                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    import onnx
-
     migrate.upgrade(sqlite_settings.effective_database_url)
     rt = Runtime(sqlite_settings, queue=NullQueue())
     v1 = _register(rt, alexnet_onnx)
-    m = onnx.load(str(alexnet_onnx))
-    meta = json.loads(m.metadata_props[0].value)
-    meta["run_name"] = "newer"
-    m.metadata_props[0].value = json.dumps(meta)
-    onnx.save(m, str(tmp_path / "newer.onnx"))
-    with rt.session() as s:
-        v2 = registry.register(s, tmp_path / "newer.onnx", sqlite_settings.data_dir / "models").version
+    v2 = _register(rt, _renamed_copy(alexnet_onnx, "newer", tmp_path), activate=False)
     ids = [_stored(rt, _png(c, 110 + c), f"{c}.png") for c in range(4)]
     real = inference.Engine.classify_paths
 
