@@ -103,10 +103,11 @@ def cmd_apikey(args: argparse.Namespace) -> int:
 def _iter_images(paths: list[str]):  # noqa: ANN202
     from pathlib import Path
 
-    exts = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"}
+    from services.datasets import IMAGE_EXTS
+
     for p in map(Path, paths):
         if p.is_dir():
-            yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in exts)
+            yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS)
         else:
             yield p
 
@@ -246,7 +247,7 @@ def _folder_features(args: argparse.Namespace):  # noqa: ANN202
     eng = Engine(args.model)
     xs, labels = [], []
     for path in _iter_images([args.images]):
-        if args.scale_min_nm or args.scale_max_nm:
+        if not args.all_scales and (args.scale_min_nm or args.scale_max_nm):
             nm = read_scale(path, sidecar=sidecar_for(path)).scale_nm
             if nm is None or (args.scale_min_nm and nm < args.scale_min_nm) or (
                     args.scale_max_nm and nm > args.scale_max_nm):

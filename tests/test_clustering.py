@@ -221,3 +221,17 @@ def test_brute_force_neighbours_in_high_dimension_match_a_kd_tree(blobs) -> None
     X = blobs[0][:1500].astype(np.float64)  # 40-D: the chunked matrix-product path
     d, _ = cKDTree(X).query(X, k=3)
     assert np.allclose(two_nearest(X, chunk=256), d[:, 1:3], rtol=1e-3, atol=1e-2)
+
+
+def test_cluster_cli_on_an_image_folder(tmp_path, tiny_data, alexnet_onnx, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from semtag.cli import main
+
+    assert main(["cluster", "--images", str(tiny_data), "--model", str(alexnet_onnx), "--all-scales",
+                 "--no-autoencoder", "--methods", "ward,single", "--out", str(tmp_path / "rep")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n"] == 50 and set(out["methods"]) == {"ward", "single"}  # labels from the category folders
+    assert (tmp_path / "rep" / "nmi_vs_k.png").is_file()
+    assert main(["cluster", "--images", str(tiny_data), "--all-scales", "--out", str(tmp_path / "r2")]) == 2
+    assert "--model" in capsys.readouterr().err
