@@ -317,3 +317,27 @@ def test_filled_block_bar_is_found_and_text_blocks_are_not() -> None:
     # the label '1m' (µ lost) beside it, with a printed field width of 12.8 µm over 640 px = 20 nm/px
     label, bar, _ = label_from_mag([Word("1m", 40, 560, 350, 24, 16)], blocks, None, 640, px_ref_nm=20.0)
     assert (label.value, label.unit, bar.kind) == (1.0, "µm", "block")
+
+
+def test_in_process_tesseract_reads_like_the_program_and_falls_back(monkeypatch):
+    """The libtesseract engine (kept loaded) and pytesseract (a program run per call) read the
+    same words; without the library the same call goes through pytesseract."""
+    from PIL import Image, ImageDraw
+
+    from services.scale import tesseract
+    from services.scale.render import font
+
+    canvas = Image.new("L", (420, 70), 255)
+    ImageDraw.Draw(canvas).text((10, 12), "WD 8.5 mm 200 nm", fill=0, font=font(34))
+    img = np.asarray(canvas)
+    assert tesseract.backend() == "libtesseract"  # Debian's tesseract-ocr ships libtesseract.so.5
+    fast = [t for t in tesseract.image_to_data(img, psm=7)["text"] if t.strip()]
+    assert fast == ["WD", "8.5", "mm", "200", "nm"]
+    digits = [t for t in tesseract.image_to_data(img, psm=7, whitelist="0123456789.")["text"] if t.strip()]
+    assert set("".join(digits)) <= set("0123456789.") and "8.5" in "".join(digits) and "200" in "".join(digits)
+    # the whitelist does not stick to the next call
+    assert [t for t in tesseract.image_to_data(img, psm=7)["text"] if t.strip()] == fast
+    monkeypatch.setattr(tesseract, "_api", lambda: None)
+    assert tesseract.backend() == "pytesseract"
+    slow = [t for t in tesseract.image_to_data(img, psm=7)["text"] if t.strip()]
+    assert slow == fast

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import pytesseract
 
+from services.scale import tesseract
 from services.scale.units import normalise_unit
 
-TESS_CONFIG = "--oem 1 --psm {psm}"
 # One OpenMP thread per Tesseract call: on small crops extra threads cost more than they give,
 # and workers already run one task per core.
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")
@@ -50,12 +49,13 @@ def prepare(crop: np.ndarray, scale: float = 3.0) -> np.ndarray:
     return cv2.copyMakeBorder(bw, 12, 12, 12, 12, cv2.BORDER_CONSTANT, value=255)
 
 
-def read_words(crop: np.ndarray, origin: tuple[int, int] = (0, 0), scale: float = 3.0, psm: int = 11) -> list[Word]:
+def read_words(crop: np.ndarray, origin: tuple[int, int] = (0, 0), scale: float = 3.0, psm: int = 11,
+               whitelist: str | None = None) -> list[Word]:
     """Words with their boxes in image coordinates."""
     if crop.size == 0 or min(crop.shape) < 4:
         return []
     img = prepare(crop, scale)
-    data = pytesseract.image_to_data(img, config=TESS_CONFIG.format(psm=psm), output_type=pytesseract.Output.DICT)
+    data = tesseract.image_to_data(img, psm=psm, whitelist=whitelist)
     words = []
     for i, text in enumerate(data["text"]):
         text = (text or "").strip()
