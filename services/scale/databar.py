@@ -125,8 +125,8 @@ def find_bars(gray: np.ndarray, box: tuple[int, int, int, int] | None = None) ->
             continue
         thick = core_rows.size
         if thick > max(3, 0.25 * w):
-            # a filled block bar (some JEOL/Hitachi-style JPEG bars): solid, at least 3× as long as thick
-            if area >= 0.95 * w * h and w >= 3 * h and h == thick and h <= 0.6 * rh:
+            # a filled block bar (some JEOL/Hitachi-style JPEG bars): solid, at least 2× as long as thick
+            if area >= 0.95 * w * h and w >= 2 * h and h == thick and h <= 0.6 * rh:
                 yc = int(y0b + y + h / 2)
                 bars.append(Bar(x0b + x, x0b + x + w, yc, y0b + y, y0b + y + h, x0b + x, x0b + x + w, "block"))
             continue
@@ -185,4 +185,50 @@ def _rulers(ticks: list[tuple[float, int, int, int]], ox: int, oy: int, width: i
                 bottom = max(r[3] for r in row)
                 out.append(Bar(ox + row[0][0], ox + row[-1][0], oy + int(bottom - 1), oy + top, oy + bottom,
                                ox + int(row[0][0]) - 2, ox + int(row[-1][0]) + 2, "ruler"))
+    return out
+
+
+def text_blobs(gray: np.ndarray, box: tuple[int, int, int, int], bars: list[Bar]) -> list[tuple[int, int, int, int]]:
+    """Word-sized boxes (x0, y0, x1, y1, image coordinates) of the text inside ``box``.
+
+    The scale bars' own strokes are removed first (a label drawn against its bar must not
+    merge with it), then glyphs closer than about half a glyph height are joined into words.
+    """
+    x0b, y0b, x1b, y1b = box
+    region = gray[y0b:y1b, x0b:x1b]
+    if region.size == 0 or min(region.shape) < 4:
+        return []
+    mask = _foreground(region)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    keep = np.ones(n, bool)
+    keep[0] = False
+    heights = []
+    for i in range(1, n):
+        x, y, w, h, area = stats[i]
+        gx0, gy0, gx1, gy1 = x + x0b, y + y0b, x + x0b + w, y + y0b + h
+        for b in bars:
+            inside = b.left - 1 <= gx0 and gx1 <= b.right + 2 and b.top - 1 <= gy0 and gy1 <= b.bottom + 2
+            if inside and (w >= 3 * h or w >= 0.5 * (b.right - b.left) or (b.kind == "ruler" and h >= 2 * w)):
+                keep[i] = False  # the bar, its end ticks or a ruler tick
+                break
+        if keep[i] and area <= 2:
+            keep[i] = False  # speckle
+        if keep[i] and h >= 5:
+            heights.append(h)
+    if not heights:
+        return []
+    glyph_h = float(np.median(heights))
+    text = keep[labels].astype(np.uint8)
+    kx = max(3, int(round(0.5 * glyph_h)))
+    ky = max(3, int(round(0.3 * glyph_h)))
+    joined = cv2.dilate(text, cv2.getStructuringElement(cv2.MORPH_RECT, (kx, ky)))
+    m, _, bstats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    out = []
+    for j in range(1, m):
+        x, y, w, h, _ = bstats[j]
+        # undo the dilation's growth (half a kernel on each side)
+        x, y, w, h = x + kx // 2, y + ky // 2, w - 2 * (kx // 2), h - 2 * (ky // 2)
+        if h < 5 or w < 3 or h > 0.9 * region.shape[0]:
+            continue
+        out.append((int(x + x0b), int(y + y0b), int(x + x0b + w), int(y + y0b + h)))
     return out

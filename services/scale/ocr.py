@@ -68,6 +68,18 @@ def read_words(crop: np.ndarray, origin: tuple[int, int] = (0, 0), scale: float 
     return words
 
 
+def read_blob(gray: np.ndarray, blob: tuple[int, int, int, int], whitelist: str | None = None) -> list[Word]:
+    """One word-sized box read as a single text line, upscaled to a glyph height Tesseract
+    reads best (about 36 px) and binarised on its own (a targeted crop)."""
+    x0, y0, x1, y1 = blob
+    h = y1 - y0
+    m = max(2, int(0.3 * h))
+    H, W = gray.shape
+    cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(W, x1 + m), min(H, y1 + m)
+    scale = float(np.clip(36.0 / max(h, 1), 1.5, 6.0))
+    return read_words(gray[cy0:cy1, cx0:cx1], (cx0, cy0), scale=scale, psm=7, whitelist=whitelist)
+
+
 def lines_of(words: list[Word]) -> list[list[Word]]:
     """Words grouped into text lines (by vertical overlap), each sorted left to right."""
     lines: list[list[Word]] = []
@@ -89,7 +101,9 @@ _QTY = re.compile(
     r"(?<![\w.])(?P<num>[0-9OoIl|SB]{1,4}(?:[.,][0-9Oo]{1,3})?)\s*(?P<unit>[" + _MU + r"]m|nm|mm|m)(?P<star>\*?)(?![A-Za-z])"
 )
 _FIELD_LABELS = re.compile(
-    r"(WD|Width|Height|HFW|VFW|FOV|Focus|Aperture|Size|Pixel|Field|View|Depth|Stage|Z|X|Y|Dist)\s*[:=]?\s*$",
+    r"((WD|Width|Height|HFW|VFW|FOV|Focus|Aperture|Size|Pixel|Field|View|Depth|Stage|Dist)\s*[:=]?"
+    r"|\b[XYZ]\s*[:=]|(?<![\dk.]\s)(?<![\dk.])\b[XYZ])\s*$",  # a stage axis, not the X ending '1.00 K X'
+
     re.IGNORECASE,
 )
 
@@ -146,7 +160,7 @@ def find_labels(words: list[Word]) -> list[Label]:
             owner.extend([w] * len(w.text))
         for m in _QTY.finditer(text):
             before = text[: m.start()]
-            if _FIELD_LABELS.search(before) or re.search(r"(WD|HFW|FOV|Width|VFW)\s*[:=]?\s*\S*$", before):
+            if _FIELD_LABELS.search(before) or re.search(r"(WD|HFW|FOV|Width|VFW)\s*[:=]?\s*\S{0,3}\s*$", before):
                 continue
             num = _fix_digits(m.group("num"))
             if not re.fullmatch(r"\d+(?:[.,]\d+)?", num):

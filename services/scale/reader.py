@@ -18,7 +18,7 @@ import numpy as np
 
 from services.imaging import load_gray
 from services.scale import ocr
-from services.scale.databar import Bar, find_bars, find_databar
+from services.scale.databar import Bar, find_bars, find_databar, text_blobs
 from services.scale.metadata import MetaReading, read_metadata
 from services.scale.units import nice_value, normalise_unit, parse_length, scale_bin, snap_nice, to_nm
 
@@ -195,8 +195,9 @@ def label_from_mag(words: list[ocr.Word], bars: list[Bar], mag: float | None,
             if not m:
                 continue
             digits = m.group(1).translate(_DIGIT_LOOKALIKES)
-            if not digits.isdigit() or "." in w.text[m.end():m.end() + 1]:
-                continue
+            rest = w.text[m.end():]
+            if not digits.isdigit() or rest.startswith(".") or len(rest) > 3 or (rest and not rest.endswith("m")):
+                continue  # a word ('listry'), a decimal ('3.1mm'), or not a mangled unit after the digits
             for n in range(len(digits), 0, -1):
                 value = float(digits[:n])
                 if not nice_value(value):
@@ -211,12 +212,44 @@ def label_from_mag(words: list[ocr.Word], bars: list[Bar], mag: float | None,
     return best
 
 
+def _box_gap(blob: tuple[int, int, int, int], bar: Bar) -> float:
+    dx = max(0.0, bar.left - blob[2], blob[0] - bar.right)
+    dy = max(0.0, bar.top - blob[3], blob[1] - bar.bottom)
+    return float(np.hypot(dx, dy))
+
+
+def _covered(word: ocr.Word, blobs: list[tuple[int, int, int, int]]) -> bool:
+    area = max(1, word.width * word.height)
+    for x0, y0, x1, y1 in blobs:
+        ix = min(word.left + word.width, x1) - max(word.left, x0)
+        iy = min(word.top + word.height, y1) - max(word.top, y0)
+        if ix > 0 and iy > 0 and ix * iy >= 0.3 * area:
+            return True
+    return False
+
+
+def targeted_words(gray: np.ndarray, box: tuple[int, int, int, int], bars: list[Bar],
+                   words: list[ocr.Word]) -> list[ocr.Word]:
+    """The data bar's words with those next to the likeliest scale bars read again, each text
+    blob on its own (segmented, the bar's strokes removed, normalised glyph height)."""
+    blobs = text_blobs(gray, box, bars[:3])
+    chosen: list[tuple[int, int, int, int]] = []
+    for bar in bars[:3]:
+        near = sorted((b for b in blobs if _box_gap(b, bar) <= 2.5 * (b[3] - b[1]) + 5), key=lambda b: _box_gap(b, bar))
+        chosen += [b for b in near[:3] if b not in chosen]
+    if not chosen:
+        return words
+    reread = [wd for b in chosen for wd in ocr.read_blob(gray, b)]
+    return [wd for wd in words if not _covered(wd, chosen)] + reread
+
+
 def read_ocr(gray: np.ndarray) -> OcrReading:
+    """The scale from the burned-in data bar: the whole bar read once; where that gives no
+    confident reading, the text next to the candidate bars is read again blob by blob and the
+    more confident of the two readings is kept."""
     h, w = gray.shape
-    r = OcrReading()
     box = find_databar(gray)
     if box is not None:
-        r.databar_box = list(box)
         bars = find_bars(gray, box)
         x0, y0, x1, y1 = box
         crop = gray[y0:y1, x0:x1]
@@ -231,8 +264,28 @@ def read_ocr(gray: np.ndarray) -> OcrReading:
             cx0, cy0 = max(0, bar.left - pad_x), max(0, bar.top - pad_y)
             cx1, cy1 = min(w, bar.right + pad_x), min(h, bar.bottom + pad_y)
             words += ocr.read_words(gray[cy0:cy1, cx0:cx1], (cx0, cy0), scale=3.0)
-    text = "\n".join(" ".join(x.text for x in line) for line in ocr.lines_of(words))
-    r.fields = ocr.parse_fields(text)
+    fields = ocr.parse_fields(_text_of(words))
+    r = interpret(words, bars, fields, w, box)
+    if box is not None and bars and r.confidence < 0.9:
+        again = targeted_words(gray, box, bars, words)
+        if again is not words:
+            fields2 = {**ocr.parse_fields(_text_of(again)), **fields}
+            r2 = interpret(again, bars, fields2, w, box)
+            if r2.confidence > r.confidence:
+                r2.fields["read"] = "targeted"
+                r = r2
+    return r
+
+
+def _text_of(words: list[ocr.Word]) -> str:
+    return "\n".join(" ".join(x.text for x in line) for line in ocr.lines_of(words))
+
+
+def interpret(words: list[ocr.Word], bars: list[Bar], fields: dict, w: int,
+              box: tuple[int, int, int, int] | None) -> OcrReading:
+    """A reading from the data bar's words and candidate bars: the label, the bar it belongs
+    to, the pixel size, and a confidence from the checks that could be made."""
+    r = OcrReading(fields=dict(fields), databar_box=list(box) if box is not None else None)
     labels = ocr.find_labels(words)
     bars = [b for b in bars if not _inside_text(b, words)]
     if not labels:
