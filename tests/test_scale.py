@@ -341,3 +341,61 @@ def test_in_process_tesseract_reads_like_the_program_and_falls_back(monkeypatch)
     assert tesseract.backend() == "pytesseract"
     slow = [t for t in tesseract.image_to_data(img, psm=7)["text"] if t.strip()]
     assert slow == fast
+
+
+def _word_image(parts: list[tuple[str, bool]], size: int = 24) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """White text on black, each part in the sans font or (True) the slanted serif of JEOL's µ."""
+    from PIL import Image, ImageDraw
+
+    from services.scale.render import font
+
+    canvas = Image.new("L", (20 + 3 * size * sum(len(t) for t, _ in parts) // 2, 3 * size), 0)
+    d = ImageDraw.Draw(canvas)
+    x = 10.0
+    for text, slanted in parts:
+        f = font(size, italic_serif=slanted)
+        d.text((x, size), text, fill=255, font=f)
+        x += d.textlength(text, font=f) + 1
+    img = np.asarray(canvas)
+    ys, xs = np.nonzero(img > 128)
+    return img, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+
+
+@pytest.mark.parametrize("parts,expected", [
+    ([("1", False), ("\u03bc", True), ("m", False)], "1µm"),
+    ([("10", False), ("\u03bc", True), ("m", False)], "10µm"),
+    ([("0.5", False), ("\u03bc", True), ("m", False)], "0.5µm"),
+    ([("200nm", False)], "200nm"),
+    ([("10mm", False)], "10mm"),
+    ([("X3,500", False)], None),   # a magnification: does not end in an x-height m
+    ([("15.0kV", False)], None),
+    ([("SEI", False)], None),
+    ([("um", False)], None),       # no digits before the unit
+])
+def test_label_read_glyph_by_glyph(parts, expected):
+    """The fallback for labels Tesseract mangles as a whole: unit from the last glyphs' shapes
+    (µ descends below the baseline), number read with digits only."""
+    img, blob = _word_image(parts)
+    word = ocr.read_label_glyphs(img, blob)
+    assert (word.text if word else None) == expected
+
+
+def test_real_data_bars_read_exactly():
+    """bench/scale_real.py's images with a bar a person can read (skips without the shared data)."""
+    root = SHARED_DATA / "sem-real"
+    if not (root / "MANIFEST.tsv").exists():
+        pytest.skip("shared real SEM images absent")
+    from services.scale.reader import sidecar_for
+
+    rows = [r for r in csv.DictReader(open(root / "MANIFEST.tsv"), delimiter="\t") if "bar=" in r["scale_truth"]]
+    exact, confident_wrong = 0, []
+    for r in rows:
+        truth = parse_length(r["scale_truth"].split("bar=")[1].split(";")[0].replace("*", ""))
+        path = root / r["file"]
+        res = read_scale(path, sidecar=sidecar_for(path))
+        if (res.scale_value, res.scale_unit) == truth:
+            exact += 1
+        elif (res.confidence or 0) >= 0.7:
+            confident_wrong.append(r["file"])
+    assert confident_wrong == []
+    assert exact >= 0.95 * len(rows), f"{exact}/{len(rows)}"

@@ -80,6 +80,65 @@ def read_blob(gray: np.ndarray, blob: tuple[int, int, int, int], whitelist: str 
     return read_words(gray[cy0:cy1, cx0:cx1], (cx0, cy0), scale=scale, psm=7, whitelist=whitelist)
 
 
+def _glyph_boxes(bw: np.ndarray) -> list[list[int]]:
+    """Glyphs of a binary word image (text = 1), left to right; parts overlapping in x are one
+    glyph (the dot of an i, a broken µ)."""
+    n, _, st, _ = cv2.connectedComponentsWithStats(bw, connectivity=8)
+    comps = sorted(([int(v) for v in st[i][:4]] for i in range(1, n) if st[i][4] >= 3), key=lambda c: c[0])
+    glyphs: list[list[int]] = []
+    for x, y, w, h in comps:
+        if glyphs and x < glyphs[-1][2] - 1:
+            g = glyphs[-1]
+            g[1], g[2], g[3] = min(g[1], y), max(g[2], x + w), max(g[3], y + h)
+        else:
+            glyphs.append([x, y, x + w, y + h])
+    return glyphs
+
+
+_UNIT_OF = {"nm": "nm", "um": "µm", "mm": "mm"}
+
+
+def read_label_glyphs(gray: np.ndarray, blob: tuple[int, int, int, int]) -> Word | None:
+    """A scale label such as '1µm' read in two parts when Tesseract mangles it as a whole
+    ('Tum', 'dum', '1am': JEOL's µ is a slanted Symbol-font glyph).
+
+    The last glyph must be an x-height 'm' after taller digits; the glyph before it is µ when it
+    descends below the baseline, otherwise n, u or m as read with only those letters allowed;
+    the glyphs left of the unit are read with only digits and the decimal point allowed.
+    """
+    x0, y0, x1, y1 = blob
+    crop = gray[y0:y1, x0:x1]
+    if crop.size == 0 or min(crop.shape) < 5:
+        return None
+    _, bw = cv2.threshold(crop, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    if bw.mean() > 0.5:
+        bw = 1 - bw
+    glyphs = _glyph_boxes(bw.astype(np.uint8))
+    if len(glyphs) < 3:
+        return None
+    m, u, first = glyphs[-1], glyphs[-2], glyphs[0]
+    xh = m[3] - m[1]
+    if xh < 4 or (m[2] - m[0]) < 0.9 * xh or (first[3] - first[1]) < 1.15 * xh:
+        return None  # the word does not end in an x-height 'm' after taller digits
+    if u[3] - m[3] >= 0.2 * xh and u[1] >= m[1] - 0.25 * xh:
+        unit = "µm"  # descends below the baseline, starts at x-height: µ
+    else:
+        ux0 = max(0, x0 + u[0] - 2)
+        words = read_words(gray[y0:y1, ux0:x1 + 2], (ux0, y0), scale=float(np.clip(36.0 / max(y1 - y0, 1), 1.5, 6.0)),
+                           psm=8, whitelist="unm")
+        unit = _UNIT_OF.get("".join(w.text for w in words))
+        if unit is None:
+            return None
+    nx1 = x0 + u[0] - 1
+    words = read_words(gray[y0:y1, max(0, x0 - 2):nx1], (max(0, x0 - 2), y0),
+                       scale=float(np.clip(36.0 / max(y1 - y0, 1), 1.5, 6.0)), psm=7, whitelist="0123456789.")
+    number = "".join(w.text for w in words)
+    if not re.fullmatch(r"\d{1,4}(?:\.\d{1,3})?", number):
+        return None
+    conf = min(w.conf for w in words)
+    return Word(number + unit, conf, x0, y0, x1 - x0, y1 - y0)
+
+
 def lines_of(words: list[Word]) -> list[list[Word]]:
     """Words grouped into text lines (by vertical overlap), each sorted left to right."""
     lines: list[list[Word]] = []

@@ -146,7 +146,7 @@ def parse_mag(text: str | None) -> float | None:
         return None
     if m.group(2):
         value *= 1000
-    return value if 1 <= value <= 5e6 else None
+    return value if 5 <= value <= 5e6 else None  # below 5× the number was misread (no SEM goes lower)
 
 
 def mag_ratio(pixel_size_nm: float, mag: float | None, width: int) -> float | None:
@@ -239,7 +239,15 @@ def targeted_words(gray: np.ndarray, box: tuple[int, int, int, int], bars: list[
         chosen += [b for b in near[:3] if b not in chosen]
     if not chosen:
         return words
-    reread = [wd for b in chosen for wd in ocr.read_blob(gray, b)]
+    reread = []
+    for b in chosen:
+        found = ocr.read_blob(gray, b)
+        text = "".join(wd.text for wd in found)
+        if not ocr.find_labels(found) and len(text) <= 6 and (not text or text.endswith("m")) \
+                and not _NOT_A_LABEL.search(text):
+            glyph_read = ocr.read_label_glyphs(gray, b)  # a label whose µ ruined the word
+            found = [glyph_read] if glyph_read is not None else found
+        reread += found
     return [wd for wd in words if not _covered(wd, chosen)] + reread
 
 

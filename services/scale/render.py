@@ -20,8 +20,8 @@ STYLES = ("zeiss", "fei", "jeol", "hitachi")
 _FONT_DIRS = [Path("/usr/share/fonts/truetype/dejavu")]
 
 
-def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+def font(size: int, bold: bool = False, italic_serif: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    name = "DejaVuSerif-Italic.ttf" if italic_serif else ("DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf")
     for d in _FONT_DIRS:
         if (d / name).exists():
             return ImageFont.truetype(str(d / name), size)
@@ -44,8 +44,12 @@ def _fmt(value: float) -> str:
 
 def render_databar(image: np.ndarray, style: str, scale_value: float, scale_unit: str, bar_px: int,
                    mag: str | None = None, kv: float = 5.0, wd_mm: float = 6.3, detector: str = "InLens",
-                   unit_text: str | None = None) -> tuple[np.ndarray, BarTruth]:
-    """Add a data bar below ``image`` (uint8 grey) and return the new image and its truth."""
+                   unit_text: str | None = None, symbol_mu: bool = False) -> tuple[np.ndarray, BarTruth]:
+    """Add a data bar below ``image`` (uint8 grey) and return the new image and its truth.
+
+    ``symbol_mu`` draws the µ of a ``jeol`` label as a slanted serif glyph, as JEOL's data bars
+    do (a Symbol-font µ beside a sans-serif number), which Tesseract rarely reads as µ.
+    """
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
     h, w = image.shape
@@ -103,8 +107,19 @@ def render_databar(image: np.ndarray, style: str, scale_value: float, scale_unit
         text = f"SEI   {kv:.1f}kV   X{mval:,.0f}   "
         d.text((x0, y0 + zone_h * 0.3), text, fill=fg, font=f)
         lx = x0 + d.textlength(text, font=f)
-        d.text((lx, y0 + zone_h * 0.3), label, fill=fg, font=f)
-        bx = int(lx + d.textlength(label, font=f) + 6)
+        if symbol_mu and unit_text == "µm":
+            num = _fmt(scale_value)
+            d.text((lx, y0 + zone_h * 0.3), num, fill=fg, font=f)
+            mx = lx + d.textlength(num, font=f) + 1
+            mu_font = font(fs, italic_serif=True)
+            d.text((mx, y0 + zone_h * 0.3), "\u03bc", fill=fg, font=mu_font)
+            ux = mx + d.textlength("\u03bc", font=mu_font) + 1
+            d.text((ux, y0 + zone_h * 0.3), "m", fill=fg, font=f)
+            end = ux + d.textlength("m", font=f)
+        else:
+            d.text((lx, y0 + zone_h * 0.3), label, fill=fg, font=f)
+            end = lx + d.textlength(label, font=f)
+        bx = int(end + 6)
         d.rectangle([bx, int(y0 + zone_h * 0.25), bx + bar_px - 1, int(y0 + zone_h * 0.25) + max(3, t * 3)], fill=fg)
         d.text((bx + bar_px + 20, y0 + zone_h * 0.3), f"WD {wd_mm:.1f}mm", fill=fg, font=f)
         bar_len = bar_px
