@@ -196,6 +196,18 @@ class SynthImage:
     seed: int
 
 
+def _specimen(rng: np.random.Generator, category_index: int, h: int, w: int, magnification: float) -> np.ndarray:
+    return _sem_look(rng, GENERATORS[category_index](rng, h, w, magnification).astype(np.float32))
+
+
+def specimen(category_index: int, width: int, height: int, seed: int) -> np.ndarray:
+    """The specimen part alone (uint8 grey, no data bar): a base for other bar layouts."""
+    if not 0 <= category_index < len(GENERATORS):
+        raise BadInput(f"category index {category_index} is outside 0–9", "unknown_category")
+    rng = np.random.default_rng(seed)
+    return _specimen(rng, category_index, height, width, rng.uniform(0.6, 1.8) * max(1.0, width / 256))
+
+
 def make_image(category_index: int, width: int, height: int, seed: int,
                style: str | None = None) -> tuple[np.ndarray, SynthImage]:
     """One synthetic image (uint8 grey, ``height`` × ``width`` including its data bar) and its truth."""
@@ -207,7 +219,7 @@ def make_image(category_index: int, width: int, height: int, seed: int,
     if h < 16 or width < 32:
         raise BadInput(f"image size {width}x{height} is too small (at least 64x64)", "bad_size")
     magnification = rng.uniform(0.6, 1.8) * max(1.0, width / 256)
-    img = _sem_look(rng, GENERATORS[category_index](rng, h, width, magnification).astype(np.float32))
+    img = _specimen(rng, category_index, h, width, magnification)
     # FEI and JEOL layouts need room for their text cells beside the bar.
     styles = STYLES if width >= 400 else ("zeiss", "hitachi")
     style = style or styles[int(rng.integers(len(styles)))]

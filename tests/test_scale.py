@@ -59,6 +59,8 @@ def _words(*texts: str) -> list[ocr.Word]:
     (("10.0um",), (10.0, "µm", False)),        # the decimal point survives
     (("2O0", "nm"), (200.0, "nm", False)),     # O read for 0
     (("lum",), (1.0, "µm", False)),            # l read for 1
+    (("Tum",), (1.0, "µm", True)),             # T read for 1 (a guess)
+    (("1Tm",), (1.0, "µm", True)),             # T read for µ
     (("500", "\u03bcm"), (500.0, "µm", False)),  # Greek mu
 ])
 def test_label_variants(texts, expected):
@@ -399,3 +401,33 @@ def test_real_data_bars_read_exactly():
             confident_wrong.append(r["file"])
     assert confident_wrong == []
     assert exact >= 0.95 * len(rows), f"{exact}/{len(rows)}"
+
+
+OVERLAYS = [  # (value, unit, bar px, image width, bar colour, on a box, specimen category)
+    (2, "µm", 150, 1024, 255, True, 0), (500, "nm", 200, 1280, 255, True, 1), (10, "µm", 120, 800, 0, True, 2),
+    (1, "µm", 90, 640, 255, False, 3), (200, "nm", 240, 1024, 0, True, 4), (50, "µm", 300, 1280, 255, False, 5),
+]
+
+
+def test_scale_bar_drawn_over_the_image_without_a_data_bar(tmp_path):
+    """Bars drawn over the specimen (no data bar): on their own black or white box, or bare."""
+    import cv2
+
+    from services.scale.render import render_overlay
+    from services.synth import specimen
+
+    right, wrong_confident = 0, []
+    for i, (v, u, bp, w, fg, boxed, cat) in enumerate(OVERLAYS):
+        img, truth = render_overlay(specimen(cat, w, int(w * 0.75), seed=i), v, u, bp, fg=fg, boxed=boxed)
+        ok, enc = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        path = tmp_path / f"o{i}.png"
+        cv2.imwrite(str(path), cv2.imdecode(enc, cv2.IMREAD_GRAYSCALE))
+        res = read_scale(path)
+        exact = (res.scale_value, res.scale_unit) == (v, u) and abs((res.bar_px or 0) - truth.bar_px) <= 1
+        right += exact
+        if exact:
+            assert res.source == "ocr" and res.databar_box is None
+        elif (res.confidence or 0) >= 0.7:
+            wrong_confident.append((v, u, res.scale_value, res.scale_unit, res.bar_px, res.confidence))
+    assert wrong_confident == []
+    assert right >= 5, right

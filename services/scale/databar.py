@@ -99,12 +99,23 @@ def _ticks(comp: np.ndarray, core_rows: np.ndarray) -> tuple[float | None, float
     return lt, rt
 
 
-def find_bars(gray: np.ndarray, box: tuple[int, int, int, int] | None = None) -> list[Bar]:
-    """Candidate scale bars in ``box`` (default: the whole image), longest first."""
+def find_bars(gray: np.ndarray, box: tuple[int, int, int, int] | None = None,
+              panels: list[tuple[int, int, int, int]] | None = None, mask: np.ndarray | None = None,
+              max_share: float = 0.9) -> list[Bar]:
+    """Candidate scale bars in ``box`` (default: the whole image), longest first.
+
+    ``panels``, when given, receives the boxes of filled label panels met on the way: a
+    uniform rectangle with text or a bar of the opposite colour inside (a scale bar drawn
+    over the image on its own black or white box), to be read like a small data bar.
+    ``mask`` (uint8, the region's shape) replaces the default foreground (ink that differs
+    from the region's median grey), e.g. :func:`overlay_masks` for bars drawn over the image.
+    A line longer than ``max_share`` of the region's width is a separator, not a bar (a label
+    panel's bar may span almost all of it).
+    """
     x0b, y0b, x1b, y1b = box or (0, 0, gray.shape[1], gray.shape[0])
     region = gray[y0b:y1b, x0b:x1b]
     rh, rw = region.shape
-    mask = _foreground(region)
+    mask = _foreground(region) if mask is None else mask.copy()
     mask[:1] = 0  # the first row may still be image
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     min_len = max(12, int(0.012 * gray.shape[1]))
@@ -116,9 +127,12 @@ def find_bars(gray: np.ndarray, box: tuple[int, int, int, int] | None = None) ->
         if 1 <= w <= 6 and h >= 4 and h >= 2 * w and area >= 0.6 * w * h and y + h < rh:
             small.append((x + w / 2, y, h, y + h))
             continue
-        if w < min_len or w > 0.9 * rw or y + h >= rh:
+        if w < min_len or w > max_share * rw or y + h >= rh:
             continue
         comp = labels[y:y + h, x:x + w] == i
+        if panels is not None and _is_panel(comp, int(area)):
+            panels.append((int(x0b + x), int(y0b + y), int(x0b + x + w), int(y0b + y + h)))
+            continue
         counts = comp.sum(axis=1)
         core_rows = np.nonzero(counts >= 0.85 * w)[0]
         if core_rows.size == 0 or np.ptp(core_rows) + 1 != core_rows.size:
@@ -127,8 +141,12 @@ def find_bars(gray: np.ndarray, box: tuple[int, int, int, int] | None = None) ->
         if thick > max(3, 0.25 * w):
             # a filled block bar (some JEOL/Hitachi-style JPEG bars): solid, at least 2× as long as thick
             if area >= 0.95 * w * h and w >= 2 * h and h == thick and h <= 0.6 * rh:
-                yc = int(y0b + y + h / 2)
-                bars.append(Bar(x0b + x, x0b + x + w, yc, y0b + y, y0b + y + h, x0b + x, x0b + x + w, "block"))
+                kind = _block_or_panel(region[y:y + h, x:x + w])
+                if kind == "block":
+                    yc = int(y0b + y + h / 2)
+                    bars.append(Bar(x0b + x, x0b + x + w, yc, y0b + y, y0b + y + h, x0b + x, x0b + x + w, "block"))
+                elif kind == "panel" and panels is not None and h >= 12:
+                    panels.append((int(x0b + x), int(y0b + y), int(x0b + x + w), int(y0b + y + h)))
             continue
         if h > max(0.6 * w, thick + 40):
             continue
@@ -148,6 +166,34 @@ def find_bars(gray: np.ndarray, box: tuple[int, int, int, int] | None = None) ->
     bars.extend(_rulers(small, x0b, y0b, gray.shape[1]))
     bars.sort(key=lambda b: -b.length)
     return bars
+
+
+def _is_panel(comp: np.ndarray, area: int) -> bool:
+    """A filled rectangle with a label inside: straight, fully drawn edges and holes (the text
+    and bar of the other colour) covering part of it."""
+    h, w = comp.shape
+    if h < 12 or w < 1.2 * h:
+        return False
+    edges = (comp[0].mean(), comp[-1].mean(), comp[:, 0].mean(), comp[:, -1].mean())
+    return min(edges) >= 0.9 and 0.5 <= area / (w * h) <= 0.98
+
+
+def overlay_masks(gray: np.ndarray) -> list[np.ndarray]:
+    """Near-white and near-black pixels: scale bars and labels drawn over the image are pure
+    white or black, unlike most of the specimen's texture."""
+    return [(gray >= 225).astype(np.uint8), (gray <= 30).astype(np.uint8)]
+
+
+def _block_or_panel(patch: np.ndarray) -> str | None:
+    """A solid rectangle is a block bar when it is one flat colour, a label panel when ink of
+    the opposite colour (text, a bar) covers part of it."""
+    inner = patch[1:-1, 1:-1] if min(patch.shape) > 4 else patch  # JPEG-blurred edges aside
+    base = float(np.median(inner))
+    flat = np.abs(inner.astype(np.int16) - base) <= 40
+    if flat.mean() >= 0.97:
+        return "block"
+    opposite = np.abs(patch.astype(np.int16) - (255 - base)) <= 100
+    return "panel" if 0.02 <= opposite.mean() <= 0.5 else None
 
 
 def _join_halves(halves: list) -> list[Bar]:
@@ -188,17 +234,22 @@ def _rulers(ticks: list[tuple[float, int, int, int]], ox: int, oy: int, width: i
     return out
 
 
-def text_blobs(gray: np.ndarray, box: tuple[int, int, int, int], bars: list[Bar]) -> list[tuple[int, int, int, int]]:
+def text_blobs(gray: np.ndarray, box: tuple[int, int, int, int], bars: list[Bar],
+               ink: int | None = None) -> list[tuple[int, int, int, int]]:
     """Word-sized boxes (x0, y0, x1, y1, image coordinates) of the text inside ``box``.
 
     The scale bars' own strokes are removed first (a label drawn against its bar must not
     merge with it), then glyphs closer than about half a glyph height are joined into words.
+    ``ink`` (a grey level, 0 or 255) takes only text of that colour (labels over the image).
     """
     x0b, y0b, x1b, y1b = box
     region = gray[y0b:y1b, x0b:x1b]
     if region.size == 0 or min(region.shape) < 4:
         return []
-    mask = _foreground(region)
+    if ink is None:
+        mask = _foreground(region)
+    else:
+        mask = ((region >= 225) if ink >= 128 else (region <= 30)).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     keep = np.ones(n, bool)
     keep[0] = False
@@ -232,3 +283,29 @@ def text_blobs(gray: np.ndarray, box: tuple[int, int, int, int], bars: list[Bar]
             continue
         out.append((int(x + x0b), int(y + y0b), int(x + x0b + w), int(y + y0b + h)))
     return out
+
+
+def panel_around(gray: np.ndarray, bar: Bar, min_share: float = 0.6) -> tuple[int, int, int, int] | None:
+    """The filled box a bar drawn over the image sits on, if any: grown from the bar while each
+    new row or column is mostly the box's colour (the bar's opposite), text rows included."""
+    H, W = gray.shape
+    white_bar = gray[bar.y, int(bar.cx)] >= 128
+    box_colour = (gray <= 30) if white_bar else (gray >= 225)
+    x0, y0, x1, y1 = max(0, bar.left - 1), max(0, bar.top - 1), min(W, bar.right + 1), min(H, bar.bottom + 1)
+    start = (x0, y0, x1, y1)
+    for _ in range(3):
+        grown = False
+        while y0 > 0 and box_colour[y0 - 1, x0:x1].mean() >= min_share:
+            y0, grown = y0 - 1, True
+        while y1 < H and box_colour[y1, x0:x1].mean() >= min_share:
+            y1, grown = y1 + 1, True
+        while x0 > 0 and box_colour[y0:y1, x0 - 1].mean() >= min_share:
+            x0, grown = x0 - 1, True
+        while x1 < W and box_colour[y0:y1, x1].mean() >= min_share:
+            x1, grown = x1 + 1, True
+        if not grown:
+            break
+    thick = bar.bottom - bar.top
+    if (y1 - y0) < thick + 10 or (x0, y0, x1, y1) == start or (y1 - y0) > 0.35 * H or (x1 - x0) > 0.7 * W:
+        return None
+    return int(x0), int(y0), int(x1), int(y1)

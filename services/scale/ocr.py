@@ -157,7 +157,8 @@ def lines_of(words: list[Word]) -> list[list[Word]]:
 
 _MU = "µμupyTdjaz"
 _QTY = re.compile(
-    r"(?<![\w.])(?P<num>[0-9OoIl|SB]{1,4}(?:[.,][0-9Oo]{1,3})?)\s*(?P<unit>[" + _MU + r"]m|nm|mm|m)(?P<star>\*?)(?![A-Za-z])"
+    r"(?<![\w.])(?P<num>T(?=[" + _MU + r"]m)|[0-9OoIl|SB]{1,4}(?:[.,][0-9Oo]{1,3})?)\s*"  # 'Tum', 'Tpm': a 1
+    r"(?P<unit>[" + _MU + r"]m|nm|mm|m)(?P<star>\*?)(?![A-Za-z])"
 )
 _FIELD_LABELS = re.compile(
     r"((WD|Width|Height|HFW|VFW|FOV|Focus|Aperture|Size|Pixel|Field|View|Depth|Stage|Dist)\s*[:=]?"
@@ -186,7 +187,7 @@ class Label:
 
 
 def _fix_digits(num: str) -> str:
-    return num.translate(str.maketrans({"O": "0", "o": "0", "I": "1", "l": "1", "|": "1", "S": "5", "B": "8"}))
+    return num.translate(str.maketrans({"O": "0", "o": "0", "I": "1", "l": "1", "|": "1", "S": "5", "B": "8", "T": "1"}))
 
 
 _HEADER = re.compile(r"^(WD|HFW|VFW|FOV|Width|Height|Focus|Aperture|pressure|Depth)$", re.IGNORECASE)
@@ -225,9 +226,9 @@ def find_labels(words: list[Word]) -> list[Label]:
             if not re.fullmatch(r"\d+(?:[.,]\d+)?", num):
                 continue
             unit_raw = m.group("unit")
-            guessed = False
+            guessed = m.group("num") == "T"  # 'Tum': the number itself is a look-alike of 1
             if unit_raw[0] in _MU and unit_raw not in ("nm", "mm"):
-                guessed = unit_raw[0] not in "µμu"
+                guessed = guessed or unit_raw[0] not in "µμu"
                 unit_raw = "µm"
             unit = normalise_unit(unit_raw)
             value = float(num.replace(",", "."))

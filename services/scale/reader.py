@@ -18,7 +18,7 @@ import numpy as np
 
 from services.imaging import load_gray
 from services.scale import ocr
-from services.scale.databar import Bar, find_bars, find_databar, text_blobs
+from services.scale.databar import Bar, find_bars, find_databar, overlay_masks, panel_around, text_blobs
 from services.scale.metadata import MetaReading, read_metadata
 from services.scale.units import nice_value, normalise_unit, parse_length, scale_bin, snap_nice, to_nm
 
@@ -107,10 +107,13 @@ def _pair(labels: list[ocr.Label], bars: list[Bar], mag: float | None = None,
     best, best_score = (None, None), None
     for lab in labels:
         lh = max(6.0, lab.box[3] - lab.box[1])
+        lx0, ly0, lx1, ly1 = lab.box
         for bar in bars:
             d = _gap(lab, bar)
             if d > 4.5 * lh + 10 or bar.length < 0.8 * lh:
                 continue
+            if lx0 - 2 <= bar.left and bar.right <= lx1 + 2 and ly0 - 2 <= bar.top and bar.bottom <= ly1 + 2:
+                continue  # a stroke of the label's own glyphs ('m', 'T')
             score = d / lh - (0.5 if bar.kind in ("capped", "ruler") else 0.0) - min(bar.length, 400) / 400
             ratio = mag_ratio(to_nm(lab.value, lab.unit) / bar.length, mag, width) if mag else None
             if ratio is not None:
@@ -228,61 +231,129 @@ def _covered(word: ocr.Word, blobs: list[tuple[int, int, int, int]]) -> bool:
     return False
 
 
-def targeted_words(gray: np.ndarray, box: tuple[int, int, int, int], bars: list[Bar],
-                   words: list[ocr.Word]) -> list[ocr.Word]:
-    """The data bar's words with those next to the likeliest scale bars read again, each text
-    blob on its own (segmented, the bar's strokes removed, normalised glyph height)."""
-    blobs = text_blobs(gray, box, bars[:3])
-    chosen: list[tuple[int, int, int, int]] = []
-    for bar in bars[:3]:
-        near = sorted((b for b in blobs if _box_gap(b, bar) <= 2.5 * (b[3] - b[1]) + 5), key=lambda b: _box_gap(b, bar))
-        chosen += [b for b in near[:3] if b not in chosen]
-    if not chosen:
-        return words
-    reread = []
-    for b in chosen:
+def _read_blobs(gray: np.ndarray, blobs: list[tuple[int, int, int, int]]) -> list[ocr.Word]:
+    """Each text blob read on its own; a blob that looks like a label whose µ ruined the word
+    is read again glyph by glyph."""
+    out: list[ocr.Word] = []
+    for b in blobs:
         found = ocr.read_blob(gray, b)
         text = "".join(wd.text for wd in found)
         if not ocr.find_labels(found) and len(text) <= 6 and (not text or text.endswith("m")) \
                 and not _NOT_A_LABEL.search(text):
-            glyph_read = ocr.read_label_glyphs(gray, b)  # a label whose µ ruined the word
+            glyph_read = ocr.read_label_glyphs(gray, b)
             found = [glyph_read] if glyph_read is not None else found
-        reread += found
-    return [wd for wd in words if not _covered(wd, chosen)] + reread
+        out += found
+    return out
 
 
-def read_ocr(gray: np.ndarray) -> OcrReading:
-    """The scale from the burned-in data bar: the whole bar read once; where that gives no
-    confident reading, the text next to the candidate bars is read again blob by blob and the
-    more confident of the two readings is kept."""
-    h, w = gray.shape
-    box = find_databar(gray)
-    if box is not None:
-        bars = find_bars(gray, box)
-        x0, y0, x1, y1 = box
-        crop = gray[y0:y1, x0:x1]
-        scale = 3.0 if (y1 - y0) < 90 else 2.0
-        words = ocr.read_words(crop, (x0, y0), scale=scale)
-    else:
-        bars = find_bars(gray)[:3]
-        words = []
-        for bar in bars:
-            pad_x = int(max(bar.right - bar.left, 60))
-            pad_y = int(max(30, 0.6 * (bar.right - bar.left)))
-            cx0, cy0 = max(0, bar.left - pad_x), max(0, bar.top - pad_y)
-            cx1, cy1 = min(w, bar.right + pad_x), min(h, bar.bottom + pad_y)
-            words += ocr.read_words(gray[cy0:cy1, cx0:cx1], (cx0, cy0), scale=3.0)
+def _line_of(blob: tuple[int, int, int, int], blobs: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """The blob grown by its neighbours on the same text line (a number and its unit set apart
+    by a wide space, '500 nm')."""
+    x0, y0, x1, y1 = blob
+    grown = True
+    while grown:
+        grown = False
+        for b in blobs:
+            h, bh = y1 - y0, b[3] - b[1]
+            overlap = min(y1, b[3]) - max(y0, b[1])
+            gap = max(b[0] - x1, x0 - b[2])
+            if (b[0] < x0 or b[2] > x1) and overlap >= 0.6 * min(h, bh) and 0.6 <= bh / h <= 1.6 \
+                    and gap <= 0.9 * max(h, bh):
+                x0, y0, x1, y1 = min(x0, b[0]), min(y0, b[1]), max(x1, b[2]), max(y1, b[3])
+                grown = True
+    return x0, y0, x1, y1
+
+
+def _blobs_near(blobs: list[tuple[int, int, int, int]], bars: list[Bar], per_bar: int = 3) -> list[tuple[int, int, int, int]]:
+    """The text lines nearest to each bar (at most ``per_bar`` each, within 2.5 line heights)."""
+    chosen: list[tuple[int, int, int, int]] = []
+    for bar in bars:
+        near = sorted((b for b in blobs if _box_gap(b, bar) <= 2.5 * (b[3] - b[1]) + 5), key=lambda b: _box_gap(b, bar))
+        for b in near[:per_bar]:
+            line = _line_of(b, blobs)
+            if line not in chosen:
+                chosen.append(line)
+    return chosen
+
+
+def targeted_words(gray: np.ndarray, box: tuple[int, int, int, int], bars: list[Bar],
+                   words: list[ocr.Word]) -> list[ocr.Word]:
+    """The data bar's words with those next to the likeliest scale bars read again, each text
+    blob on its own (segmented, the bar's strokes removed, normalised glyph height)."""
+    chosen = _blobs_near(text_blobs(gray, box, bars[:3]), bars[:3])
+    if not chosen:
+        return words
+    return [wd for wd in words if not _covered(wd, chosen)] + _read_blobs(gray, chosen)
+
+
+def read_zone(gray: np.ndarray, box: tuple[int, int, int, int], image_width: int, panel: bool = False) -> OcrReading:
+    """A data bar (or a label panel): read whole once; where that gives no confident reading,
+    the text next to the candidate bars is read again blob by blob, and the more confident of
+    the two readings is kept."""
+    bars = find_bars(gray, box, max_share=0.98 if panel else 0.9)
+    x0, y0, x1, y1 = box
+    crop = gray[y0:y1, x0:x1]
+    scale = 3.0 if (y1 - y0) < 90 else 2.0
+    words = ocr.read_words(crop, (x0, y0), scale=scale)
     fields = ocr.parse_fields(_text_of(words))
-    r = interpret(words, bars, fields, w, box)
-    if box is not None and bars and r.confidence < 0.9:
+    r = interpret(words, bars, fields, image_width, box)
+    if bars and r.confidence < 0.9:
         again = targeted_words(gray, box, bars, words)
         if again is not words:
             fields2 = {**ocr.parse_fields(_text_of(again)), **fields}
-            r2 = interpret(again, bars, fields2, w, box)
+            r2 = interpret(again, bars, fields2, image_width, box)
             if r2.confidence > r.confidence:
                 r2.fields["read"] = "targeted"
                 r = r2
     return r
+
+
+def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
+    """No data bar: a scale bar drawn over the image, its label in the blobs right next to it."""
+    h, w = gray.shape
+    best = OcrReading(reason="no data bar and no labelled scale bar found")
+    for bar in bars:
+        pad_x = int(max(bar.right - bar.left, 60))
+        pad_y = int(max(30, 0.6 * (bar.right - bar.left)))
+        region = (max(0, bar.left - pad_x), max(0, bar.top - pad_y), min(w, bar.right + pad_x), min(h, bar.bottom + pad_y))
+        ink = 255 if gray[bar.y, int(bar.cx)] >= 128 else 0  # labels are drawn in the bar's colour
+        words = _read_blobs(gray, _blobs_near(text_blobs(gray, region, [bar], ink=ink), [bar]))
+        candidates = [interpret(words, [bar], ocr.parse_fields(_text_of(words)), w, None)] if words else []
+        panel = panel_around(gray, bar)
+        if panel is not None:  # the bar and its label on a box of their own: read it as a small data bar
+            r = read_zone(gray, panel, w, panel=True)
+            r.databar_box = None
+            r.fields["panel_box"] = list(panel)
+            candidates.append(r)
+        for r in candidates:
+            if r.scale_value is not None and r.confidence > best.confidence:
+                best = r
+    if best.scale_value is None and bars:
+        best.bar_px = round(bars[0].length, 1)
+    return best
+
+
+def read_ocr(gray: np.ndarray) -> OcrReading:
+    """The scale from the burned-in data bar; without one, from a label panel or a bar drawn
+    over the image."""
+    h, w = gray.shape
+    box = find_databar(gray)
+    if box is not None:
+        return read_zone(gray, box, w)
+    panels: list[tuple[int, int, int, int]] = []
+    bars = sorted((b for m in overlay_masks(gray) for b in find_bars(gray, panels=panels, mask=m)), key=lambda b: -b.length)
+    best = OcrReading(reason="no data bar and no labelled scale bar found")
+    for panel in sorted(panels, key=lambda p: -p[3])[:2]:  # lowest first
+        r = read_zone(gray, panel, w, panel=True)
+        r.databar_box = None
+        r.fields["panel_box"] = list(panel)
+        if r.scale_value is not None and r.confidence > best.confidence:
+            best = r
+    if best.confidence < 0.9:
+        r = read_overlay(gray, bars[:3])
+        if r.scale_value is not None and r.confidence > best.confidence or best.scale_value is None:
+            best = r
+    return best
 
 
 def _text_of(words: list[ocr.Word]) -> str:

@@ -137,3 +137,27 @@ def render_databar(image: np.ndarray, style: str, scale_value: float, scale_unit
         bar_len = float(int(round(left + bar_px)) - int(round(left)))
     px = to_nm(scale_value, scale_unit) / bar_len
     return np.asarray(canvas), BarTruth(style, scale_value, scale_unit, float(bar_len), px, h)
+
+
+def render_overlay(image: np.ndarray, scale_value: float, scale_unit: str, bar_px: int,
+                   fg: int = 255, boxed: bool = False) -> tuple[np.ndarray, BarTruth]:
+    """A scale bar drawn over the image itself (no data bar): a bar in the lower right corner
+    with its label centred above it, optionally on a filled box of the opposite colour."""
+    h, w = image.shape
+    canvas = Image.fromarray(image.copy())
+    d = ImageDraw.Draw(canvas)
+    fs = max(12, w // 45)
+    f = font(fs, bold=True)
+    label = f"{_fmt(scale_value)} {scale_unit}"
+    t = max(3, fs // 4)
+    right, bottom = w - int(0.05 * w), h - int(0.05 * h)
+    left = right - bar_px
+    tw = d.textlength(label, font=f)
+    ty = bottom - t - int(1.6 * fs)
+    if boxed:
+        pad = fs // 2
+        d.rectangle([min(left, right - tw) - pad, ty - pad, right + pad, bottom + pad], fill=255 - fg)
+    d.rectangle([left, bottom - t, right - 1, bottom - 1], fill=fg)
+    d.text((left + (bar_px - tw) / 2, ty), label, fill=fg, font=f)
+    px = to_nm(scale_value, scale_unit) / bar_px
+    return np.asarray(canvas), BarTruth("overlay", scale_value, scale_unit, float(bar_px), px, h)
