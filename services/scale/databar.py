@@ -77,6 +77,18 @@ def find_databar(gray: np.ndarray) -> tuple[int, int, int, int] | None:
     return (0, int(top), int(w), int(h))
 
 
+def inked_part(gray: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The data bar without its blank top rows: where the specimen above is as dark as a black
+    bar, the band found by :func:`find_databar` starts too high; text and lines start lower."""
+    x0, y0, x1, y1 = box
+    band = gray[y0:y1, x0:x1].astype(np.int16)
+    bg = _background_value(gray[y0:y1, x0:x1])
+    rows = np.nonzero((np.abs(band - bg) > 60).sum(axis=1) >= 2)[0]
+    if rows.size and rows[0] > 6:
+        return x0, int(y0 + rows[0] - 3), x1, y1
+    return box
+
+
 def _foreground(region: np.ndarray) -> np.ndarray:
     bg = float(np.median(region))
     diff = np.abs(region.astype(np.int16) - bg)
@@ -254,9 +266,13 @@ def text_blobs(gray: np.ndarray, box: tuple[int, int, int, int], bars: list[Bar]
     keep = np.ones(n, bool)
     keep[0] = False
     heights = []
+    rh, rw = region.shape
     for i in range(1, n):
         x, y, w, h, area = stats[i]
         gx0, gy0, gx1, gy1 = x + x0b, y + y0b, x + x0b + w, y + y0b + h
+        if w >= 0.6 * rw or (h >= 0.6 * rh and w <= 3):
+            keep[i] = False  # the frame, a separator line or a cell border
+            continue
         for b in bars:
             inside = b.left - 1 <= gx0 and gx1 <= b.right + 2 and b.top - 1 <= gy0 and gy1 <= b.bottom + 2
             if inside and (w >= 3 * h or w >= 0.5 * (b.right - b.left) or (b.kind == "ruler" and h >= 2 * w)):

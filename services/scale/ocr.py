@@ -206,11 +206,23 @@ def _under_field_header(label_words: list[Word], words: list[Word]) -> bool:
     return False
 
 
+def _phrases(line: list[Word]) -> list[list[Word]]:
+    """A text line cut where words stand far apart (separate cells of a data bar), so that a
+    'WD' in one cell never claims the number in another."""
+    out: list[list[Word]] = [[line[0]]] if line else []
+    for prev, w in zip(line, line[1:]):
+        if w.left - (prev.left + prev.width) > 2.5 * max(prev.height, w.height, 6):
+            out.append([w])
+        else:
+            out[-1].append(w)
+    return out
+
+
 def find_labels(words: list[Word]) -> list[Label]:
     """Length quantities ('200 nm', '1 µm', '10.0um') in reading order, other fields excluded."""
     labels = []
-    for line in lines_of(words):
-        # join the line keeping word boundaries, remember which word each character came from
+    for line in (p for ln in lines_of(words) for p in _phrases(ln)):
+        # join the phrase keeping word boundaries, remember which word each character came from
         text, owner = "", []
         for w in line:
             if text:

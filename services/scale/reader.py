@@ -18,7 +18,7 @@ import numpy as np
 
 from services.imaging import load_gray
 from services.scale import ocr
-from services.scale.databar import Bar, find_bars, find_databar, overlay_masks, panel_around, text_blobs
+from services.scale.databar import Bar, find_bars, find_databar, inked_part, overlay_masks, panel_around, text_blobs
 from services.scale.metadata import MetaReading, read_metadata
 from services.scale.units import nice_value, normalise_unit, parse_length, scale_bin, snap_nice, to_nm
 
@@ -339,7 +339,9 @@ def read_ocr(gray: np.ndarray) -> OcrReading:
     h, w = gray.shape
     box = find_databar(gray)
     if box is not None:
-        return read_zone(gray, box, w)
+        r = read_zone(gray, inked_part(gray, box), w)
+        r.databar_box = list(box)  # the whole band, for cropping it away before classification
+        return r
     panels: list[tuple[int, int, int, int]] = []
     bars = sorted((b for m in overlay_masks(gray) for b in find_bars(gray, panels=panels, mask=m)), key=lambda b: -b.length)
     best = OcrReading(reason="no data bar and no labelled scale bar found")
