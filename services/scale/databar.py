@@ -270,8 +270,8 @@ def text_blobs(gray: np.ndarray, box: tuple[int, int, int, int], bars: list[Bar]
     for i in range(1, n):
         x, y, w, h, area = stats[i]
         gx0, gy0, gx1, gy1 = x + x0b, y + y0b, x + x0b + w, y + y0b + h
-        if w >= 0.6 * rw or (h >= 0.6 * rh and w <= 3):
-            keep[i] = False  # the frame, a separator line or a cell border
+        if w >= 0.6 * rw or (h >= 0.6 * rh and w <= 3) or (h <= 4 and w >= 8 * h):
+            keep[i] = False  # the frame, a separator, a cell border or a thin rule: not text
             continue
         for b in bars:
             inside = b.left - 1 <= gx0 and gx1 <= b.right + 2 and b.top - 1 <= gy0 and gy1 <= b.bottom + 2

@@ -268,7 +268,8 @@ def _blobs_near(blobs: list[tuple[int, int, int, int]], bars: list[Bar], per_bar
     """The text lines nearest to each bar (at most ``per_bar`` each, within 2.5 line heights)."""
     chosen: list[tuple[int, int, int, int]] = []
     for bar in bars:
-        near = sorted((b for b in blobs if _box_gap(b, bar) <= 2.5 * (b[3] - b[1]) + 5), key=lambda b: _box_gap(b, bar))
+        near = sorted((b for b in blobs if _box_gap(b, bar) <= 2.5 * (b[3] - b[1]) + 5
+                       and (b[2] - b[0]) <= 20 * (b[3] - b[1])), key=lambda b: _box_gap(b, bar))
         for b in near[:per_bar]:
             line = _line_of(b, blobs)
             if line not in chosen:
@@ -277,10 +278,10 @@ def _blobs_near(blobs: list[tuple[int, int, int, int]], bars: list[Bar], per_bar
 
 
 def targeted_words(gray: np.ndarray, box: tuple[int, int, int, int], bars: list[Bar],
-                   words: list[ocr.Word]) -> list[ocr.Word]:
+                   words: list[ocr.Word], blobs: list[tuple[int, int, int, int]] | None = None) -> list[ocr.Word]:
     """The data bar's words with those next to the likeliest scale bars read again, each text
     blob on its own (segmented, the bar's strokes removed, normalised glyph height)."""
-    chosen = _blobs_near(text_blobs(gray, box, bars[:3]), bars[:3])
+    chosen = _blobs_near(blobs if blobs is not None else text_blobs(gray, box, bars[:3]), bars[:3])
     if not chosen:
         return words
     return [wd for wd in words if not _covered(wd, chosen)] + _read_blobs(gray, chosen)
@@ -291,6 +292,7 @@ def read_zone(gray: np.ndarray, box: tuple[int, int, int, int], image_width: int
     the text next to the candidate bars is read again blob by blob, and the more confident of
     the two readings is kept."""
     bars = find_bars(gray, box, max_share=0.98 if panel else 0.9)
+    blobs = text_blobs(gray, box, bars[:3])
     x0, y0, x1, y1 = box
     crop = gray[y0:y1, x0:x1]
     scale = 3.0 if (y1 - y0) < 90 else 2.0
@@ -298,7 +300,7 @@ def read_zone(gray: np.ndarray, box: tuple[int, int, int, int], image_width: int
     fields = ocr.parse_fields(_text_of(words))
     r = interpret(words, bars, fields, image_width, box)
     if bars and r.confidence < 0.9:
-        again = targeted_words(gray, box, bars, words)
+        again = targeted_words(gray, box, bars, words, blobs)
         if again is not words:
             fields2 = {**ocr.parse_fields(_text_of(again)), **fields}
             r2 = interpret(again, bars, fields2, image_width, box)
