@@ -131,6 +131,7 @@ def find_bars(gray: np.ndarray, box: tuple[int, int, int, int] | None = None,
     mask[:1] = 0  # the first row may still be image
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     min_len = max(12, int(0.012 * gray.shape[1]))
+    min_half = max(7, int(0.006 * gray.shape[1]))  # one end of a short bar cut in two by its label
     bars: list[Bar] = []
     halves: list[tuple[Bar, float | None, float | None, int]] = []
     small = []
@@ -139,7 +140,7 @@ def find_bars(gray: np.ndarray, box: tuple[int, int, int, int] | None = None,
         if 1 <= w <= 6 and h >= 4 and h >= 2 * w and area >= 0.6 * w * h and y + h < rh:
             small.append((x + w / 2, y, h, y + h))
             continue
-        if w < min_len or w > max_share * rw or y + h >= rh:
+        if w < min_half or w > max_share * rw or y + h >= rh:
             continue
         comp = labels[y:y + h, x:x + w] == i
         if panels is not None and _is_panel(comp, int(area)):
@@ -163,6 +164,8 @@ def find_bars(gray: np.ndarray, box: tuple[int, int, int, int] | None = None,
         if h > max(0.6 * w, thick + 40):
             continue
         lt, rt = _ticks(comp, core_rows)
+        if w < min_len and (lt is None) == (rt is None):
+            continue  # too short for a bar; only a piece with one end tick may be half of one
         yc = int(y0b + y + core_rows.mean())
         if lt is not None and rt is not None:
             bars.append(Bar(x0b + x + lt, x0b + x + rt, yc, y0b + y, y0b + y + h, x0b + x, x0b + x + w, "capped"))
@@ -216,7 +219,8 @@ def _join_halves(halves: list) -> list[Bar]:
     for lb, _, _, lthick in lefts:
         for rb, _, _, rthick in rights:
             gap = rb.left - lb.right
-            if abs(lb.y - rb.y) <= 1 and lthick == rthick and 0 < gap <= 1.2 * (lb.length + rb.length):
+            if abs(lb.y - rb.y) <= 1 and lthick == rthick and 0 < gap <= 3 * (lb.length + rb.length) + 20 \
+                    and 0.5 <= lb.length / max(rb.length, 1e-6) <= 2.0:  # the label sits centred in the gap
                 out.append(Bar(lb.x0, rb.x1, lb.y, min(lb.top, rb.top), max(lb.bottom, rb.bottom),
                                lb.left, rb.right, "capped"))
     return out

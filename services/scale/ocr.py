@@ -144,8 +144,11 @@ def lines_of(words: list[Word]) -> list[list[Word]]:
     lines: list[list[Word]] = []
     for w in sorted(words, key=lambda w: (w.cy, w.left)):
         for line in lines:
-            ref = line[0]
-            if abs(w.cy - ref.cy) <= 0.6 * max(ref.height, w.height, 4):
+            line_h = float(np.median([x.height for x in line]))
+            line_cy = float(np.median([x.cy for x in line]))
+            # a word swollen by a bar it ran into counts as at most 1.3 lines tall, so that it
+            # does not pull in the line above
+            if abs(w.cy - line_cy) <= 0.6 * max(line_h, min(w.height, 1.3 * line_h), 4):
                 line.append(w)
                 break
         else:

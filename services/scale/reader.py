@@ -112,8 +112,9 @@ def _pair(labels: list[ocr.Label], bars: list[Bar], mag: float | None = None,
             d = _gap(lab, bar)
             if d > 4.5 * lh + 10 or bar.length < 0.8 * lh:
                 continue
-            if lx0 - 2 <= bar.left and bar.right <= lx1 + 2 and ly0 - 2 <= bar.top and bar.bottom <= ly1 + 2:
-                continue  # a stroke of the label's own glyphs ('m', 'T')
+            if lx0 - 2 <= bar.left and bar.right <= lx1 + 2 and ly0 - 2 <= bar.top and bar.bottom <= ly1 + 2 \
+                    and bar.length <= 0.6 * (lx1 - lx0):
+                continue  # a stroke of the label's own glyphs ('m', 'T'), not a bar the words ran into
             score = d / lh - (0.5 if bar.kind in ("capped", "ruler") else 0.0) - min(bar.length, 400) / 400
             ratio = mag_ratio(to_nm(lab.value, lab.unit) / bar.length, mag, width) if mag else None
             if ratio is not None:
@@ -140,8 +141,8 @@ def parse_mag(text: str | None) -> float | None:
     if not m:
         return None
     num = m.group(1).strip().replace(" ", "")
-    if "," in num and "." not in num and len(num.split(",")[-1]) == 3:
-        num = num.replace(",", "")
+    if re.fullmatch(r"\d{1,3}([.,]\d{3})+", num) and not m.group(2):
+        num = num.replace(",", "").replace(".", "")  # 'X31,750' (or its comma read as a point): thousands
     num = num.replace(",", ".")
     try:
         value = float(num)
