@@ -97,11 +97,15 @@ def render_databar(image: np.ndarray, style: str, scale_value: float, scale_unit
         tw = d.textlength(label, font=f)
         mid = xb + bar_px / 2
         gap0, gap1 = int(mid - tw / 2 - 4), int(mid + tw / 2 + 4)
-        d.rectangle([xb, yb, gap0, yb + t - 1], fill=fg)
-        d.rectangle([gap1, yb, xb + bar_px, yb + t - 1], fill=fg)
+        if gap0 - xb >= 6:  # the label interrupts the bar
+            d.rectangle([xb, yb, gap0, yb + t - 1], fill=fg)
+            d.rectangle([gap1, yb, xb + bar_px, yb + t - 1], fill=fg)
+            d.text((gap0 + 4, yb - fs * 0.6), label, fill=fg, font=f)
+        else:  # a bar too short for that: the label goes below it
+            d.rectangle([xb, yb, xb + bar_px, yb + t - 1], fill=fg)
+            d.text((mid - tw / 2, yb + tick + 2), label, fill=fg, font=f)
         d.rectangle([xb - t // 2, yb - tick, xb - t // 2 + t - 1, yb + tick], fill=fg)
         d.rectangle([xb + bar_px - t // 2, yb - tick, xb + bar_px - t // 2 + t - 1, yb + tick], fill=fg)
-        d.text((gap0 + 4, yb - fs * 0.6), label, fill=fg, font=f)
         bar_len = bar_px
     elif style == "jeol":
         mval = float(mag.split()[0]) * (1000 if "K" in mag else 1)
