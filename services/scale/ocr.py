@@ -30,6 +30,7 @@ class Word:
     top: int
     width: int
     height: int
+    by_glyphs: bool = False  # pieced together by read_label_glyphs, not read by Tesseract as a word
 
     @property
     def cx(self) -> float:
@@ -136,7 +137,7 @@ def read_label_glyphs(gray: np.ndarray, blob: tuple[int, int, int, int]) -> Word
     if not re.fullmatch(r"\d{1,4}(?:\.\d{1,3})?", number):
         return None
     conf = min(w.conf for w in words)
-    return Word(number + unit, conf, x0, y0, x1 - x0, y1 - y0)
+    return Word(number + unit, conf, x0, y0, x1 - x0, y1 - y0, by_glyphs=True)
 
 
 def lines_of(words: list[Word]) -> list[list[Word]]:

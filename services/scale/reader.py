@@ -112,9 +112,9 @@ def _pair(labels: list[ocr.Label], bars: list[Bar], mag: float | None = None,
             d = _gap(lab, bar)
             if d > 4.5 * lh + 10 or bar.length < 0.8 * lh:
                 continue
-            if lx0 - 2 <= bar.left and bar.right <= lx1 + 2 and ly0 - 2 <= bar.top and bar.bottom <= ly1 + 2 \
-                    and bar.length <= 0.6 * (lx1 - lx0):
-                continue  # a stroke of the label's own glyphs ('m', 'T'), not a bar the words ran into
+            if bar.kind in ("capped", "half") and bar.length <= 0.6 * (lx1 - lx0) \
+                    and lx0 - 2 <= bar.left and bar.right <= lx1 + 2 and ly0 - 2 <= bar.top and bar.bottom <= ly1 + 2:
+                continue  # an 'm' or 'n' of the label itself, not a bar the words ran into
             score = d / lh - (0.5 if bar.kind in ("capped", "ruler") else 0.0) - min(bar.length, 400) / 400
             ratio = mag_ratio(to_nm(lab.value, lab.unit) / bar.length, mag, width) if mag else None
             if ratio is not None:
@@ -303,7 +303,7 @@ def read_zone(gray: np.ndarray, box: tuple[int, int, int, int], image_width: int
     if bars and r.confidence < 0.9:
         again = targeted_words(gray, box, bars, words, blobs)
         if again is not words:
-            fields2 = {**ocr.parse_fields(_text_of(again)), **fields}
+            fields2 = {**fields, **ocr.parse_fields(_text_of(again))}  # the targeted crops read better
             r2 = interpret(again, bars, fields2, image_width, box)
             if r2.confidence > r.confidence:
                 r2.fields["read"] = "targeted"
@@ -421,6 +421,10 @@ def interpret(words: list[ocr.Word], bars: list[Bar], fields: dict, w: int,
                 conf = min(conf, 0.2)
     elif label.unit == "mm":
         conf = min(conf, 0.4)  # mm scale bars are rare and 'µm' is often read as 'mm'
+    if any(wd.by_glyphs for wd in label.words):
+        # pieced together glyph by glyph: the magnification check cannot tell 1 from 2 or 5
+        conf = min(conf, 0.65)
+        r.fields["label_read"] = "glyph by glyph"
     fw_px = _field_width_px(r.fields, w)
     if fw_px and r.pixel_size_nm:
         rel = abs(fw_px - r.pixel_size_nm) / fw_px
