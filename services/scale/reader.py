@@ -80,6 +80,7 @@ class OcrReading:
     databar_box: list[int] | None = None
     label_text: str | None = None
     reason: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)  # how it was read (for detail, not search)
 
 
 def _gap(label: ocr.Label, bar: Bar) -> float:
@@ -306,7 +307,7 @@ def read_zone(gray: np.ndarray, box: tuple[int, int, int, int], image_width: int
             fields2 = {**fields, **ocr.parse_fields(_text_of(again))}  # the targeted crops read better
             r2 = interpret(again, bars, fields2, image_width, box)
             if r2.confidence > r.confidence:
-                r2.fields["read"] = "targeted"
+                r2.notes["read"] = "targeted crops"
                 r = r2
     return r
 
@@ -326,7 +327,7 @@ def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
         if panel is not None:  # the bar and its label on a box of their own: read it as a small data bar
             r = read_zone(gray, panel, w, panel=True)
             r.databar_box = None
-            r.fields["panel_box"] = list(panel)
+            r.notes["panel_box"] = list(panel)
             candidates.append(r)
         for r in candidates:
             if r.scale_value is not None and r.confidence > best.confidence:
@@ -351,7 +352,7 @@ def read_ocr(gray: np.ndarray) -> OcrReading:
     for panel in sorted(panels, key=lambda p: -p[3])[:2]:  # lowest first
         r = read_zone(gray, panel, w, panel=True)
         r.databar_box = None
-        r.fields["panel_box"] = list(panel)
+        r.notes["panel_box"] = list(panel)
         if r.scale_value is not None and r.confidence > best.confidence:
             best = r
     if best.confidence < 0.9:
@@ -424,7 +425,7 @@ def interpret(words: list[ocr.Word], bars: list[Bar], fields: dict, w: int,
     if any(wd.by_glyphs for wd in label.words):
         # pieced together glyph by glyph: the magnification check cannot tell 1 from 2 or 5
         conf = min(conf, 0.65)
-        r.fields["label_read"] = "glyph by glyph"
+        r.notes["label"] = "read glyph by glyph"
     fw_px = _field_width_px(r.fields, w)
     if fw_px and r.pixel_size_nm:
         rel = abs(fw_px - r.pixel_size_nm) / fw_px
@@ -442,7 +443,7 @@ def _meta_detail(m: MetaReading) -> dict[str, Any]:
 def _ocr_detail(o: OcrReading) -> dict[str, Any]:
     return {"scale_value": o.scale_value, "scale_unit": o.scale_unit, "bar_px": o.bar_px,
             "pixel_size_nm": o.pixel_size_nm, "confidence": o.confidence, "label_text": o.label_text,
-            "reason": o.reason}
+            "reason": o.reason, **o.notes}
 
 
 def combine(meta: MetaReading | None, o: OcrReading) -> ScaleResult:
