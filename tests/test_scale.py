@@ -288,7 +288,7 @@ def test_real_metadata_pixel_sizes_within_half_percent():
 def test_illegible_micro_sign_falls_back_to_the_magnification() -> None:
     from services.scale.databar import Bar
     from services.scale.ocr import Word
-    from services.scale.reader import label_from_mag
+    from services.scale.bar_reading import label_from_mag
 
     # 1280 px wide at ×2,000: 127 mm / 2000 / 1280 = 49.6 nm per pixel, so a 10 µm bar is ≈ 202 px
     bar = Bar(x0=700, x1=902, y=1000, top=996, bottom=1004, left=700, right=902, kind="line")
@@ -307,7 +307,7 @@ def test_filled_block_bar_is_found_and_text_blocks_are_not() -> None:
 
     from services.scale.databar import find_bars
     from services.scale.ocr import Word
-    from services.scale.reader import label_from_mag
+    from services.scale.bar_reading import label_from_mag
 
     img = np.full((400, 640), 120, np.uint8)
     img[340:] = 0  # dark data bar
