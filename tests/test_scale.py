@@ -433,3 +433,20 @@ def test_scale_bar_drawn_over_the_image_without_a_data_bar(tmp_path):
     assert wrong_confident == []
     assert right >= 5, right
     assert from_panel >= 1  # a dark label on a white box over a dark specimen is read as a small data bar
+
+
+def test_dark_specimen_is_not_a_data_bar():
+    """A dark, noisy specimen with sparse bright features (nanowires, particles on a substrate)
+    is mostly 'background' too, but not flat as a data bar is: nothing is cropped away."""
+    import cv2
+
+    from services.scale.databar import find_databar
+
+    rng = np.random.default_rng(3)
+    img = np.clip(rng.normal(18, 7, (768, 1024)), 0, 255).astype(np.uint8)
+    for _ in range(150):
+        cv2.circle(img, (int(rng.integers(1024)), int(rng.integers(768))), 4, 230, -1)
+    assert find_databar(img) is None
+    with_bar, truth = render_databar(img, "jeol", 1, "µm", 80)
+    box = find_databar(with_bar)
+    assert box is not None and abs(box[1] - truth.databar_top) <= 2

@@ -53,7 +53,7 @@ def find_databar(gray: np.ndarray) -> tuple[int, int, int, int] | None:
     if h < 40 or w < 40:
         return None
     bg = _background_value(gray)
-    near = (np.abs(gray.astype(np.int16) - bg) <= 12).mean(axis=1)
+    near = (np.abs(gray.astype(np.int16) - bg) <= 4).mean(axis=1)  # a bar is flat; a dark specimen is not
     limit = int(h * 0.45)
     top = h
     misses = 0
