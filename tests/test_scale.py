@@ -78,6 +78,9 @@ def test_fields_parsed_from_data_bar_text():
     f = ocr.parse_fields("Mag = 50.00 K X  EHT = 1.00 kV  WD = 2.8 mm  Signal A = SE2  Date :16 Jan 2019")
     assert f["mag"] == "50.00 K X" and f["hv_kv"] == 1.0 and f["wd_mm"] == 2.8 and f["detector"] == "SE2"
     assert f["date"] == "16 Jan 2019" and f["vendor"] == "Zeiss"
+    assert ocr.parse_fields("SEI 15.0k\u00a5 X3,500")["hv_kv"] == 15.0  # '¥' read for V
+    assert ocr.parse_fields("Energy 30 keV")["hv_kv"] == 30.0
+    assert "hv_kv" not in ocr.parse_fields("10.0@0kV")  # a mangled '10.00kV' is not 0 kV
     f = ocr.parse_fields("SEI 15.0kV X3,500 1µm WD 10.0mm")
     assert f["mag"] == "3,500" and f["hv_kv"] == 15.0 and f["vendor"] == "JEOL" and f["wd_mm"] == 10.0
     assert ocr.parse_fields("TM4000 15kV 7.7mm x200 BSE")["vendor"] == "Hitachi"

@@ -272,7 +272,7 @@ _VENDORS = [
 
 def parse_fields(text: str) -> dict:
     f: dict = {}
-    t = text.replace("\u03bc", "\u00b5")
+    t = text.replace("\u03bc", "\u00b5").replace("\u00a5", "V")  # Tesseract reads JEOL's 'kV' as 'k¥'
     m = re.search(r"Mag\s*[=:]?\s*(\d[\d.,]*\s*[kK]?\s*[xX]\b|\d[\d.,]*\s*[kK]?x)", t) or \
         re.search(r"(?<![\w.])[xX×](\d[\d.,]*[kK]?)(?![\w.])", t) or \
         re.search(r"(?<![\w.,])(\d{1,3}(?:[ ,]\d{3})+\s*[xX]|\d[\d.,]*\s*[kK]?\s*[xX])(?![\w])", t)
@@ -280,8 +280,8 @@ def parse_fields(text: str) -> dict:
         m = re.search(r"(?<![\w.,])(\d{1,3},\d{3})(?![\w.,])", t)
     if m:
         f["mag"] = m.group(1).strip()
-    m = re.search(r"(\d+(?:[.,]\d+)?)\s*kV", t, re.I)
-    if m:
+    m = re.search(r"(?<![\w.@])(\d+(?:[.,]\d+)?)\s*ke?V", t, re.I)
+    if m and 0.01 <= float(m.group(1).replace(",", ".")) <= 400:  # '10.0@0kV' is no 0 kV beam
         f["hv_kv"] = float(m.group(1).replace(",", "."))
     m = re.search(r"WD\s*[=:]?\s*(\d+(?:[.,]\d+)?)\s*(mm|[µu]m)", t)
     if m:
