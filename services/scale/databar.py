@@ -46,9 +46,9 @@ def _background_value(gray: np.ndarray) -> int:
 def find_databar(gray: np.ndarray) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) of the data bar at the bottom of the image, or None.
 
-    Rows of the bar are mostly its background grey to within 4 levels (text and lines are sparse; a
-    specimen, even a dark one, is noisier); the
-    bar grows upward from the bottom while rows stay so, tolerating a few rows of text.
+    Rows of the bar are mostly its background grey to within 4 levels (text and lines are
+    sparse; a specimen, even a dark one, is noisier); the bar grows upward from the bottom while
+    rows stay so, tolerating a few rows of text.
     """
     h, w = gray.shape
     if h < 40 or w < 40:
