@@ -31,6 +31,7 @@ from services.categories import NAMES, SLUGS
 from services.datasets import Manifest, load_manifest_or_scan
 from services.errors import BadInput
 from services.evaluation import classification_report, fit_temperature
+from services.plotting import png_figure
 from services.preprocess import Preprocessing
 from services.storage import sha256_file
 
@@ -299,33 +300,24 @@ def read_metrics(run: Path | str) -> list[dict]:
 
 def plot_training(runs: list[str], out: Path | str, metric: str = "test_accuracy") -> Path:
     """The paper's Figures 1–2: ``metric`` against epoch, one line per run, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not runs:
         raise BadInput("give at least one run folder", "bad_params")
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for run in runs:
-        rows = [r for r in read_metrics(run) if metric in r]
-        if not rows:
-            raise BadInput(f"{run} has no {metric} values", "bad_params")
-        cfg_path = Path(run) / "config.json"
-        label = Path(run).name
-        if cfg_path.is_file():
-            c = json.loads(cfg_path.read_text())
-            label = f"{Path(run).name} ({c['arch']}, {c['mode']})"
-        ax.plot([r["epoch"] for r in rows], [r[metric] for r in rows], marker="o", ms=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric.replace("_", " "))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+    with png_figure(out, (7, 4.5), dpi=120) as (_, ax):
+        for run in runs:
+            rows = [r for r in read_metrics(run) if metric in r]
+            if not rows:
+                raise BadInput(f"{run} has no {metric} values", "bad_params")
+            cfg_path = Path(run) / "config.json"
+            label = Path(run).name
+            if cfg_path.is_file():
+                c = json.loads(cfg_path.read_text())
+                label = f"{Path(run).name} ({c['arch']}, {c['mode']})"
+            ax.plot([r["epoch"] for r in rows], [r[metric] for r in rows], marker="o", ms=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return out
 
 

@@ -30,6 +30,7 @@ from services.clustering.distances import (
 from services.clustering.hierarchy import DEFAULT_BUDGET, METHODS, Hierarchical, check_features
 from services.clustering.intrinsic_dim import TwoNN, id_by_decimation, subsample
 from services.errors import BadInput
+from services.plotting import png_figure
 
 ALL_METHODS = (*METHODS, "density_peaks")
 Progress = Callable[[float, str], None]
@@ -163,48 +164,32 @@ def analyse(X: np.ndarray, labels: np.ndarray, cfg: AnalysisConfig, out_dir: Pat
 
 
 def _plot_id(curve: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for key, lab in (("90", "90% of points"), ("70", "70%"), ("50", "50%")):
-        ax.errorbar([r["n"] for r in curve], [r[f"id_{key}"] for r in curve], yerr=[r[f"std_{key}"] for r in curve],
-                    marker="o", ms=3, capsize=2, label=lab)
-    ax.set_xscale("log")
-    ax.set_xlabel("number of points (decimation)")
-    ax.set_ylabel("2-NN intrinsic dimension")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with png_figure(path, (6, 4)) as (_, ax):
+        for key, lab in (("90", "90% of points"), ("70", "70%"), ("50", "50%")):
+            ax.errorbar([r["n"] for r in curve], [r[f"id_{key}"] for r in curve],
+                        yerr=[r[f"std_{key}"] for r in curve], marker="o", ms=3, capsize=2, label=lab)
+        _log_x_axes(ax, "number of points (decimation)", "2-NN intrinsic dimension")
 
 
 def _plot_nmi(report: dict, path: Path) -> None:
-    import matplotlib
+    with png_figure(path, (6.5, 4.2)) as (_, ax):
+        for method, entry in report["methods"].items():
+            if "scores" in entry:
+                ax.plot([r["k"] for r in entry["scores"]], [r["nmi"] for r in entry["scores"]], marker="o", ms=3,
+                        label=method)
+        for name, style in (("good", "k--"), ("uniform", "k:")):
+            rows = report["reference"][name]
+            if rows:
+                ax.plot([r["k"] for r in rows], [r["nmi"] for r in rows], style, label=f"{name} scenario")
+        _log_x_axes(ax, "number of clusters k", "NMI with the labels")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=110)
-    for method, entry in report["methods"].items():
-        if "scores" in entry:
-            ax.plot([r["k"] for r in entry["scores"]], [r["nmi"] for r in entry["scores"]], marker="o", ms=3,
-                    label=method)
-    for name, style in (("good", "k--"), ("uniform", "k:")):
-        rows = report["reference"][name]
-        if rows:
-            ax.plot([r["k"] for r in rows], [r["nmi"] for r in rows], style, label=f"{name} scenario")
+def _log_x_axes(ax, xlabel: str, ylabel: str) -> None:  # noqa: ANN001
     ax.set_xscale("log")
-    ax.set_xlabel("number of clusters k")
-    ax.set_ylabel("NMI with the labels")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def write_html(report: dict, out: Path) -> Path:

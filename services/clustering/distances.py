@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.distance import pdist, squareform
 
+from services.plotting import png_figure
+
 
 def labelled_sample(labels: np.ndarray, size: int = 400, seed: int = 0) -> np.ndarray:
     """Indices of up to ``size`` labelled points (label ≥ 0), sorted by category."""
@@ -36,25 +38,17 @@ def correlation_index(X: np.ndarray, labels: np.ndarray) -> float:
 
 
 def heatmap_png(matrix: np.ndarray, path, title: str, labels: np.ndarray | None = None) -> None:  # noqa: ANN001
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
-    im = ax.imshow(matrix, cmap="viridis", interpolation="nearest")
-    if labels is not None:
-        edges = np.flatnonzero(np.diff(labels)) + 0.5
-        for e in edges:
-            ax.axhline(e, color="white", lw=0.4)
-            ax.axvline(e, color="white", lw=0.4)
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with png_figure(path, (5, 4.5)) as (fig, ax):
+        im = ax.imshow(matrix, cmap="viridis", interpolation="nearest")
+        if labels is not None:
+            edges = np.flatnonzero(np.diff(labels)) + 0.5
+            for e in edges:
+                ax.axhline(e, color="white", lw=0.4)
+                ax.axvline(e, color="white", lw=0.4)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046)
 
 
 def euclidean_matrix(X: np.ndarray) -> np.ndarray:
