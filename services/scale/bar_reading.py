@@ -35,11 +35,10 @@ class OcrReading:
     notes: dict[str, Any] = field(default_factory=dict)  # how it was read (for detail, not search)
 
 
-def _gap(label: ocr.Label, bar: Bar) -> float:
-    """Distance between a label's box and a bar's box (0 when they touch or overlap)."""
-    lx0, ly0, lx1, ly1 = label.box
-    dx = max(0.0, bar.left - lx1, lx0 - bar.right)
-    dy = max(0.0, bar.top - ly1, ly0 - bar.bottom)
+def _box_gap(box: tuple[float, float, float, float], bar: Bar) -> float:
+    """Distance between a box (x0, y0, x1, y1) and a bar's box (0 when they touch or overlap)."""
+    dx = max(0.0, bar.left - box[2], box[0] - bar.right)
+    dy = max(0.0, bar.top - box[3], box[1] - bar.bottom)
     return float(np.hypot(dx, dy))
 
 
@@ -62,7 +61,7 @@ def _pair(labels: list[ocr.Label], bars: list[Bar], mag: float | None = None,
         lh = max(6.0, lab.box[3] - lab.box[1])
         lx0, ly0, lx1, ly1 = lab.box
         for bar in bars:
-            d = _gap(lab, bar)
+            d = _box_gap(lab.box, bar)
             if d > 4.5 * lh + 10 or bar.length < 0.8 * lh:
                 continue
             if bar.kind in ("capped", "half") and bar.length <= 0.6 * (lx1 - lx0) \
@@ -140,9 +139,7 @@ def label_from_mag(words: list[ocr.Word], bars: list[Bar], mag: float | None,
     for bar in bars[:3]:
         for i, w in enumerate(words):
             lh = max(6.0, float(w.height))
-            dx = max(0.0, bar.left - (w.left + w.width), w.left - bar.right)
-            dy = max(0.0, bar.top - (w.top + w.height), w.top - bar.bottom)
-            if np.hypot(dx, dy) > 3.0 * lh + 10 or _NOT_A_LABEL.search(w.text) or re.search(r"\d,\d{3}", w.text):
+            if _box_gap((w.left, w.top, w.left + w.width, w.top + w.height), bar) > 3.0 * lh + 10 or _NOT_A_LABEL.search(w.text) or re.search(r"\d,\d{3}", w.text):
                 continue  # another field, or a magnification such as '10,000'
             if i > 0 and re.fullmatch(r"(WD|HFW|FOV|X|x)[:=]?", words[i - 1].text.strip()):
                 continue
@@ -165,12 +162,6 @@ def label_from_mag(words: list[ocr.Word], bars: list[Bar], mag: float | None,
                         if best is None or score < best[2]:
                             best = (ocr.Label(value, unit, w.text, True, [w]), bar, score)
     return best
-
-
-def _box_gap(blob: tuple[int, int, int, int], bar: Bar) -> float:
-    dx = max(0.0, bar.left - blob[2], blob[0] - bar.right)
-    dy = max(0.0, bar.top - blob[3], blob[1] - bar.bottom)
-    return float(np.hypot(dx, dy))
 
 
 def _covered(word: ocr.Word, blobs: list[tuple[int, int, int, int]]) -> bool:
@@ -262,6 +253,14 @@ def read_zone(gray: np.ndarray, box: tuple[int, int, int, int], image_width: int
     return r
 
 
+def _read_panel(gray: np.ndarray, panel: tuple[int, int, int, int], image_width: int) -> OcrReading:
+    """A label panel (a bar and its label on a filled box over the image), read as a small data bar."""
+    r = read_zone(gray, panel, image_width, panel=True)
+    r.databar_box = None
+    r.notes["panel_box"] = list(panel)
+    return r
+
+
 def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
     """No data bar: a scale bar drawn over the image, its label in the blobs right next to it."""
     h, w = gray.shape
@@ -274,11 +273,8 @@ def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
         words = _read_blobs(gray, _blobs_near(text_blobs(gray, region, [bar], ink=ink), [bar]))
         candidates = [interpret(words, [bar], ocr.parse_fields(_text_of(words)), w, None)] if words else []
         panel = panel_around(gray, bar)
-        if panel is not None:  # the bar and its label on a box of their own: read it as a small data bar
-            r = read_zone(gray, panel, w, panel=True)
-            r.databar_box = None
-            r.notes["panel_box"] = list(panel)
-            candidates.append(r)
+        if panel is not None:  # the bar and its label on a box of their own
+            candidates.append(_read_panel(gray, panel, w))
         for r in candidates:
             if r.scale_value is not None and r.confidence > best.confidence:
                 best = r
@@ -300,9 +296,7 @@ def read_ocr(gray: np.ndarray) -> OcrReading:
     bars = sorted((b for m in overlay_masks(gray) for b in find_bars(gray, panels=panels, mask=m)), key=lambda b: -b.length)
     best = OcrReading(reason="no data bar and no labelled scale bar found")
     for panel in sorted(panels, key=lambda p: -p[3])[:2]:  # lowest first
-        r = read_zone(gray, panel, w, panel=True)
-        r.databar_box = None
-        r.notes["panel_box"] = list(panel)
+        r = _read_panel(gray, panel, w)
         if r.scale_value is not None and r.confidence > best.confidence:
             best = r
     if best.confidence < 0.9:

@@ -197,7 +197,12 @@ def _is_panel(comp: np.ndarray, area: int) -> bool:
 def overlay_masks(gray: np.ndarray) -> list[np.ndarray]:
     """Near-white and near-black pixels: scale bars and labels drawn over the image are pure
     white or black, unlike most of the specimen's texture."""
-    return [(gray >= 225).astype(np.uint8), (gray <= 30).astype(np.uint8)]
+    return [ink_mask(gray, white=True), ink_mask(gray, white=False)]
+
+
+def ink_mask(gray: np.ndarray, white: bool) -> np.ndarray:
+    """Near-white (≥ 225) or near-black (≤ 30) pixels, as uint8 0/1."""
+    return ((gray >= 225) if white else (gray <= 30)).astype(np.uint8)
 
 
 def _block_or_panel(patch: np.ndarray) -> str | None:
@@ -266,7 +271,7 @@ def text_blobs(gray: np.ndarray, box: tuple[int, int, int, int], bars: list[Bar]
     if ink is None:
         mask = _foreground(region)
     else:
-        mask = ((region >= 225) if ink >= 128 else (region <= 30)).astype(np.uint8)
+        mask = ink_mask(region, white=ink >= 128)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     keep = np.ones(n, bool)
     keep[0] = False
@@ -311,7 +316,7 @@ def panel_around(gray: np.ndarray, bar: Bar, min_share: float = 0.6) -> tuple[in
     new row or column is mostly the box's colour (the bar's opposite), text rows included."""
     H, W = gray.shape
     white_bar = gray[bar.y, int(bar.cx)] >= 128
-    box_colour = (gray <= 30) if white_bar else (gray >= 225)
+    box_colour = ink_mask(gray, white=not white_bar)
     x0, y0, x1, y1 = max(0, bar.left - 1), max(0, bar.top - 1), min(W, bar.right + 1), min(H, bar.bottom + 1)
     start = (x0, y0, x1, y1)
     for _ in range(3):

@@ -77,8 +77,12 @@ def read_blob(gray: np.ndarray, blob: tuple[int, int, int, int], whitelist: str 
     m = max(2, int(0.3 * h))
     H, W = gray.shape
     cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(W, x1 + m), min(H, y1 + m)
-    scale = float(np.clip(36.0 / max(h, 1), 1.5, 6.0))
-    return read_words(gray[cy0:cy1, cx0:cx1], (cx0, cy0), scale=scale, psm=7, whitelist=whitelist)
+    return read_words(gray[cy0:cy1, cx0:cx1], (cx0, cy0), scale=_blob_scale(h), psm=7, whitelist=whitelist)
+
+
+def _blob_scale(height: int) -> float:
+    """Upscaling that brings a word of this height to about 36 px, where Tesseract reads best."""
+    return float(np.clip(36.0 / max(height, 1), 1.5, 6.0))
 
 
 def _glyph_boxes(bw: np.ndarray) -> list[list[int]]:
@@ -125,14 +129,14 @@ def read_label_glyphs(gray: np.ndarray, blob: tuple[int, int, int, int]) -> Word
         unit = "µm"  # descends below the baseline, starts at x-height: µ
     else:
         ux0 = max(0, x0 + u[0] - 2)
-        words = read_words(gray[y0:y1, ux0:x1 + 2], (ux0, y0), scale=float(np.clip(36.0 / max(y1 - y0, 1), 1.5, 6.0)),
+        words = read_words(gray[y0:y1, ux0:x1 + 2], (ux0, y0), scale=_blob_scale(y1 - y0),
                            psm=8, whitelist="unm")
         unit = _UNIT_OF.get("".join(w.text for w in words))
         if unit is None:
             return None
     nx1 = x0 + u[0] - 1
     words = read_words(gray[y0:y1, max(0, x0 - 2):nx1], (max(0, x0 - 2), y0),
-                       scale=float(np.clip(36.0 / max(y1 - y0, 1), 1.5, 6.0)), psm=7, whitelist="0123456789.")
+                       scale=_blob_scale(y1 - y0), psm=7, whitelist="0123456789.")
     number = "".join(w.text for w in words)
     if not re.fullmatch(r"\d{1,4}(?:\.\d{1,3})?", number):
         return None
