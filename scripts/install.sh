@@ -3,9 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-if ! command -v tesseract >/dev/null 2>&1; then
+# Tesseract (its library, libtesseract5, comes with it) and the DejaVu fonts that the synthetic
+# data bars are drawn in (sans for the text, serif italic for JEOL's slanted µ)
+PKGS=""
+command -v tesseract >/dev/null 2>&1 || PKGS="$PKGS tesseract-ocr"
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || PKGS="$PKGS fonts-dejavu-core"
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSerif-Italic.ttf ] || PKGS="$PKGS fonts-dejavu-extra"
+if [ -n "$PKGS" ]; then
   $SUDO apt-get update -q
-  $SUDO apt-get install -y -q tesseract-ocr
+  $SUDO apt-get install -y -q $PKGS
 fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
