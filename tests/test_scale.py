@@ -453,3 +453,43 @@ def test_dark_specimen_is_not_a_data_bar():
     with_bar, truth = render_databar(img, "jeol", 1, "µm", 80)
     box = find_databar(with_bar)
     assert box is not None and abs(box[1] - truth.databar_top) <= 2
+
+
+def test_zeiss_image_pixel_size_wins_over_the_monitor_one():
+    """CZ_SEM: AP_IMAGE_PIXEL_SIZE, not AP_PIXEL_SIZE (2× off on a 512-px store); checked against
+    field width ÷ stored width; a broken entry is ignored, not fatal."""
+    from services.scale.metadata import read_zeiss
+
+    tag = {"ap_image_pixel_size": ("Image Pixel Size", 11.65, "nm"), "ap_pixel_size": ("Pixel Size", 5.825, "nm"),
+           "ap_width": ("Width", 5.965, "µm"), "ap_mag": ("Mag", "50.00 K X"), "ap_wd": ("WD", 3.9, "mm")}
+    m = read_zeiss(tag, 512)
+    assert (m.pixel_size_nm, m.pixel_size_from) == (11.65, "AP_IMAGE_PIXEL_SIZE")
+    assert m.cross_check is not None and m.cross_check < 0.01
+    assert m.fields["mag"] == "50.00 K X" and m.fields["wd_mm"] == 3.9
+    broken = read_zeiss({"ap_image_pixel_size": ("Image Pixel Size", float("nan"), "nm")}, 512)
+    assert broken.pixel_size_nm is None and broken.reason
+
+
+def test_metadata_and_ocr_disagreement_is_kept_and_flagged():
+    from services.scale.bar_reading import OcrReading
+    from services.scale.metadata import MetaReading
+    from services.scale.reader import combine
+
+    meta = MetaReading("FEI/Thermo", pixel_size_nm=10.0)
+    far = combine(meta, OcrReading(scale_value=1.0, scale_unit="µm", bar_px=83, pixel_size_nm=1000 / 83, confidence=0.8))
+    assert far.source == "metadata" and far.pixel_size_nm == 10.0
+    assert far.detail["disagree"] is True and far.detail["ocr"]["pixel_size_nm"] == 1000 / 83
+    near = combine(meta, OcrReading(scale_value=1.0, scale_unit="µm", bar_px=98, pixel_size_nm=1000 / 98, confidence=0.8))
+    assert near.detail["disagree"] is False and (near.scale_value, near.scale_unit) == (1.0, "µm")
+
+
+def test_cli_finds_the_sidecar_next_to_the_image(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(_base(48, 64)).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_bytes(HITACHI.format(size="64x48").encode("utf-16"))
+    out = subprocess.run([sys.executable, "-m", "semtag", "scale", str(tmp_path / "a.png"), "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout.splitlines()[0])
+    assert (row["source"], row["pixel_size_nm"], row["scale_value"]) == ("metadata", 496.0938, 200.0)
