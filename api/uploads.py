@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from api.errors import ApiError
-from services.errors import BadInput
+from services.errors import BadInput, BadRequest, PayloadTooLarge, SemtagError, UnsupportedMediaType
 from services.storage import BlobStore, BlobTooLarge, BlobWriter
 
 MAX_FIELD_BYTES = 8 * 1024
@@ -24,7 +23,7 @@ class FilePart:
     filename: str | None
     content_type: str | None
     writer: BlobWriter | None
-    error: BadInput | None = None
+    error: SemtagError | None = None
 
 
 @dataclass
@@ -74,7 +73,7 @@ class _Collector:
             self._field_name = name
             return
         if len(self.form.files) >= self.max_files:
-            raise ApiError(413, "too_many_files", f"at most {self.max_files} files per request")
+            raise PayloadTooLarge(f"at most {self.max_files} files per request", "too_many_files")
         part = FilePart(name, filename.decode("utf-8", "replace"), self._headers.get("content-type"),
                         self.store.new_writer(self.max_file_bytes))
         self.form.files.append(part)
@@ -90,11 +89,11 @@ class _Collector:
             except BlobTooLarge as exc:
                 part.writer.discard()
                 part.writer = None
-                part.error = BadInput(str(exc), "file_too_large")
+                part.error = exc
         elif self._field_name is not None:
             self._field_buf += data[start:end]
             if len(self._field_buf) > MAX_FIELD_BYTES:
-                raise ApiError(422, "field_too_large", f"form field {self._field_name!r} is too large")
+                raise BadInput(f"form field {self._field_name!r} is too large", "field_too_large")
 
     def on_part_end(self) -> None:
         if self._current is not None and self._current.writer is not None:
@@ -109,11 +108,11 @@ async def read_multipart(request: Request, store: BlobStore, max_file_bytes: int
                          max_files: int) -> Form:
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
-        raise ApiError(415, "wrong_content_type",
-                       "send the image(s) as multipart/form-data (e.g. curl -F file=@image.tif)")
+        raise UnsupportedMediaType("send the image(s) as multipart/form-data (e.g. curl -F file=@image.tif)",
+                                   "wrong_content_type")
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_request_bytes:
-        raise ApiError(413, "request_too_large", f"request body exceeds {max_request_bytes} bytes")
+        raise PayloadTooLarge(f"request body exceeds {max_request_bytes} bytes")
     collector = _Collector(store, max_file_bytes, max_files)
     callbacks = {name: getattr(collector, name) for name in (
         "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
@@ -124,13 +123,13 @@ async def read_multipart(request: Request, store: BlobStore, max_file_bytes: int
         async for chunk in request.stream():
             total += len(chunk)
             if total > max_request_bytes:
-                raise ApiError(413, "request_too_large", f"request body exceeds {max_request_bytes} bytes")
+                raise PayloadTooLarge(f"request body exceeds {max_request_bytes} bytes")
             parser.write(chunk)
         parser.finalize()
-    except ApiError:
+    except SemtagError:
         collector.form.discard()
         raise
     except Exception as exc:  # malformed multipart framing
         collector.form.discard()
-        raise ApiError(400, "malformed_multipart", f"multipart body cannot be parsed: {exc}") from None
+        raise BadRequest(f"multipart body cannot be parsed: {exc}", "malformed_multipart") from None
     return collector.form

@@ -30,7 +30,7 @@ def read_meta(path: Path | str) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise BadInput(f"model file {path} does not exist", "not_found")
+        raise NotFound(f"model file {path} does not exist")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 — onnx raises DecodeError and others

@@ -1,29 +1,78 @@
-"""Errors the core raises; the doors (HTTP, CLI, tasks) turn them into responses."""
+"""The errors the core raises. Each class carries its HTTP status and a machine-readable code.
+
+The doors turn them into responses without a lookup table: the API answers
+``exc.status`` with ``{"error": {"code": exc.code, "message": exc.message}}``, the CLI prints
+the message, a job records it. Domains subclass these (``images.ImageRejected``,
+``storage.BlobTooLarge``, ``jobs.BadParams``…) where a code needs its own class or status; a
+one-off code may still be given per instance (``BadInput("…", "bad_filter")``).
+
+Algorithms (the clustering estimators, the scale parsers) raise ``ValueError`` as
+scikit-learn's do; the service that calls them translates.
+"""
 
 from __future__ import annotations
 
 
 class SemtagError(Exception):
-    code = "error"
+    """Base of every error semtag reports to a caller: ``status`` (HTTP) and ``code``."""
 
-    def __init__(self, message: str, code: str | None = None):
+    status: int = 500
+    code: str = "error"
+
+    def __init__(self, message: str, code: str | None = None, *, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         if code:
             self.code = code
+        self.headers = headers
 
 
 class BadInput(SemtagError):
+    """The request is well formed but its content cannot be used (422)."""
+
+    status = 422
     code = "bad_input"
 
 
-class NotFound(SemtagError):
-    code = "not_found"
+class BadRequest(SemtagError):
+    """The request itself cannot be parsed (400)."""
+
+    status = 400
+    code = "bad_request"
 
 
 class Unauthorized(SemtagError):
+    status = 401
     code = "unauthorized"
 
 
+class Forbidden(SemtagError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(SemtagError):
+    status = 404
+    code = "not_found"
+
+
 class Conflict(SemtagError):
+    status = 409
     code = "conflict"
+
+
+class PayloadTooLarge(SemtagError):
+    status = 413
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(SemtagError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Unavailable(SemtagError):
+    """A part of the service is switched off or down (503)."""
+
+    status = 503
+    code = "unavailable"

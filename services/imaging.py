@@ -40,10 +40,36 @@ _KNOWN_UNSUPPORTED = [
 
 
 class ImageRejected(BadInput):
-    """A file that cannot be accepted as an image; ``code`` is machine-readable."""
+    """A file that cannot be accepted as an image (422 unless a subclass says otherwise)."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message, code)
+    code = "invalid_image"
+
+
+class InvalidImage(ImageRejected):
+    code = "invalid_image"
+
+
+class EmptyFile(ImageRejected):
+    code = "empty_file"
+
+
+class TruncatedImage(ImageRejected):
+    code = "truncated_image"
+
+
+class UnsupportedFormat(ImageRejected):
+    status = 415
+    code = "unsupported_format"
+
+
+class NotAnImage(ImageRejected):
+    status = 415
+    code = "not_an_image"
+
+
+class TooManyPixels(ImageRejected):
+    status = 413
+    code = "too_many_pixels"
 
 
 @dataclass(frozen=True)
@@ -61,11 +87,11 @@ def sniff_format(head: bytes) -> str:
         if head.startswith(magic):
             return fmt
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        raise ImageRejected("unsupported_format", "WebP images are not supported; send TIFF, PNG, JPEG or BMP")
+        raise UnsupportedFormat("WebP images are not supported; send TIFF, PNG, JPEG or BMP")
     for magic, fmt in _KNOWN_UNSUPPORTED:
         if head.startswith(magic):
-            raise ImageRejected("unsupported_format", f"{fmt} files are not supported; send TIFF, PNG, JPEG or BMP")
-    raise ImageRejected("not_an_image", "the file is not a recognised image (no TIFF, PNG, JPEG or BMP signature)")
+            raise UnsupportedFormat(f"{fmt} files are not supported; send TIFF, PNG, JPEG or BMP")
+    raise NotAnImage("the file is not a recognised image (no TIFF, PNG, JPEG or BMP signature)")
 
 
 _PIL_BITS = {"1": 1, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8,
@@ -74,11 +100,9 @@ _PIL_BITS = {"1": 1, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "Y
 
 def _check_pixels(width: int, height: int, pages: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
-        raise ImageRejected("invalid_image", f"image has no pixels ({width}x{height})")
+        raise InvalidImage(f"image has no pixels ({width}x{height})")
     if width * height * pages > max_pixels:
-        raise ImageRejected(
-            "too_many_pixels",
-            f"{width}x{height}x{pages} pages = {width * height * pages} pixels exceeds the limit of "
+        raise TooManyPixels(f"{width}x{height}x{pages} pages = {width * height * pages} pixels exceeds the limit of "
             f"{max_pixels} (decompression-bomb guard; raise SEMTAG_MAX_PIXELS to accept it)",
         )
 
@@ -89,7 +113,7 @@ def _probe_tiff(path: Path, max_pixels: int) -> ImageInfo:
         with tifffile.TiffFile(path) as tif:
             pages = list(tif.pages)
             if not pages:
-                raise ImageRejected("invalid_image", "TIFF file has no pages")
+                raise InvalidImage("TIFF file has no pages")
             first = pages[0]
             width, height = int(first.imagewidth), int(first.imagelength)
             total = sum(int(p.imagewidth) * int(p.imagelength) for p in pages)
@@ -99,12 +123,10 @@ def _probe_tiff(path: Path, max_pixels: int) -> ImageInfo:
             for i, page in enumerate(pages):
                 offsets, counts = page.dataoffsets, page.databytecounts
                 if not offsets:
-                    raise ImageRejected("truncated_image", f"TIFF page {i} has no image data")
+                    raise TruncatedImage(f"TIFF page {i} has no image data")
                 end = max(int(o) + int(c) for o, c in zip(offsets, counts))
                 if end > size:
-                    raise ImageRejected(
-                        "truncated_image",
-                        f"TIFF is truncated: page {i} needs {end} bytes, the file has {size}",
+                    raise TruncatedImage(f"TIFF is truncated: page {i} needs {end} bytes, the file has {size}",
                     )
             bits = int(first.bitspersample)
             samples = int(first.samplesperpixel)
@@ -115,14 +137,14 @@ def _probe_tiff(path: Path, max_pixels: int) -> ImageInfo:
     except ImageRejected:
         raise
     except Exception as exc:  # tifffile raises many types on damaged headers
-        raise ImageRejected("invalid_image", f"TIFF cannot be read: {exc}") from exc
+        raise InvalidImage(f"TIFF cannot be read: {exc}") from exc
 
 
 def _sniff_file(path: Path) -> str:
     with open(path, "rb") as fh:
         head = fh.read(16)
     if not head:
-        raise ImageRejected("empty_file", "the file is empty")
+        raise EmptyFile("the file is empty")
     return sniff_format(head)
 
 
@@ -130,8 +152,8 @@ def _decode_error(fmt: str, exc: Exception) -> ImageRejected:
     """The rejection for a decoder's exception: truncated/damaged data, or undecodable."""
     msg = str(exc)
     if isinstance(exc, OSError) and ("truncated" in msg or "broken" in msg.lower()):
-        return ImageRejected("truncated_image", f"{fmt} data is truncated or damaged: {msg}")
-    return ImageRejected("invalid_image", f"{fmt} cannot be decoded: {msg}")
+        return TruncatedImage(f"{fmt} data is truncated or damaged: {msg}")
+    return InvalidImage(f"{fmt} cannot be decoded: {msg}")
 
 
 def probe(path: Path | str, max_pixels: int) -> ImageInfo:
@@ -188,7 +210,7 @@ def _gray(arr: np.ndarray) -> np.ndarray:
         return to_uint8(arr[..., 0])
     if arr.ndim == 3 and arr.shape[0] in (3, 4):  # planar
         return _gray(np.moveaxis(arr, 0, -1))
-    raise ImageRejected("invalid_image", f"unsupported pixel layout {arr.shape}")
+    raise InvalidImage(f"unsupported pixel layout {arr.shape}")
 
 
 def load_gray(path: Path | str, max_pixels: int, min_side: int | None = None) -> np.ndarray:
@@ -230,4 +252,4 @@ def load_gray(path: Path | str, max_pixels: int, min_side: int | None = None) ->
     except ImageRejected:
         raise
     except Exception as exc:
-        raise ImageRejected("invalid_image", f"{info.format} cannot be decoded: {exc}") from exc
+        raise InvalidImage(f"{info.format} cannot be decoded: {exc}") from exc

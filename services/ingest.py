@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from services.errors import BadInput
-from services.imaging import ImageRejected, probe
+from services.imaging import EmptyFile, probe
 from services.runtime import TASK_CLASSIFY, TASK_READ_SCALE, Runtime
 from services.storage import BlobWriter
 from services.tables import Image, ImageStatus, StepState
@@ -84,7 +84,7 @@ def ingest_file(
     record_id = clean_record_id(record_id)
     writer.close()
     if writer.size == 0:
-        raise ImageRejected("empty_file", "the file is empty")
+        raise EmptyFile("the file is empty")
     info = probe(writer.path, rt.settings.max_pixels)
     sha = writer.sha256
 

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
 
+from services.errors import PayloadTooLarge
+
 
 def sha256_file(path: Path | str) -> str:
     """sha256 of a file on disk, read in 1 MiB chunks."""
@@ -24,7 +26,9 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
-class BlobTooLarge(Exception):
+class BlobTooLarge(PayloadTooLarge):
+    code = "file_too_large"
+
     def __init__(self, limit: int):
         super().__init__(f"file exceeds the size limit of {limit} bytes")
         self.limit = limit

@@ -11,8 +11,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from services.errors import BadInput, Unauthorized
+from services.errors import BadInput, Unauthorized, Unavailable
 from services.storage import BlobTooLarge, BlobWriter
+
+class WebhookDisabled(Unavailable):
+    code = "webhook_disabled"
+
 
 SIGNATURE_HEADER = "X-Semtag-Signature"
 TIMESTAMP_HEADER = "X-Semtag-Timestamp"
@@ -27,7 +31,7 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 def verify_signature(secret: str | None, timestamp: str | None, signature: str | None, body: bytes,
                      max_skew_s: int, now: float | None = None) -> None:
     if not secret:
-        raise Unauthorized("the ingest webhook is disabled: SEMTAG_WEBHOOK_SECRET is not set", "webhook_disabled")
+        raise WebhookDisabled("the ingest webhook is disabled: SEMTAG_WEBHOOK_SECRET is not set")
     if not timestamp or not signature:
         raise Unauthorized(f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header", "missing_signature")
     try:

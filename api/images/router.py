@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from api.dependencies import Principal, get_runtime, get_session, require
-from api.errors import ApiError, error_body, status_for
+from api.errors import error_body
 from api.images.schemas import UPLOAD_OPENAPI, LabelRequest, UploadResponse
 from api.uploads import FilePart, read_multipart
 from services.curation import predictions_of, set_label
@@ -41,13 +41,14 @@ async def upload_images(request: Request, rt: Runtime = Depends(get_runtime),
         images = [p for p in form.files if p.field != "sidecar"]
         sidecars = [p for p in form.files if p.field == "sidecar"]
         if not images:
-            raise ApiError(422, "no_file", "no file in the request: send it in a form field named 'file'")
+            raise BadInput("no file in the request: send it in a form field named 'file'", "no_file")
         pairs = _pair_sidecars(images, sidecars)
         items, errors = [], []
         for i, part in enumerate(images):
             sidecar = pairs.get(i)
             if part.error is None and sidecar is not None and sidecar.error is not None:
-                part.error = BadInput(f"sidecar {sidecar.filename!r}: {sidecar.error.message}", sidecar.error.code)
+                part.error = type(sidecar.error)(f"sidecar {sidecar.filename!r}: {sidecar.error.message}",
+                                                 sidecar.error.code)
             if part.error is not None:
                 errors.append(part.error)
                 items.append({"filename": part.filename, "error": {"code": part.error.code,
@@ -68,7 +69,7 @@ async def upload_images(request: Request, rt: Runtime = Depends(get_runtime),
     body = {"items": items, "accepted": accepted, "rejected": len(errors)}
     if accepted == 0:
         codes = {e.code for e in errors}
-        status = status_for(errors[0]) if len(codes) == 1 else 422
+        status = errors[0].status if len(codes) == 1 else 422
         first = errors[0]
         msg = first.message if len(errors) == 1 else f"none of the {len(errors)} files was accepted"
         return JSONResponse({**error_body(first.code if len(codes) == 1 else "all_files_rejected", msg), **body},

@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from api.dependencies import get_runtime
-from api.errors import ApiError
 from api.webhooks.schemas import IngestPayload
+from services.errors import BadInput, PayloadTooLarge
 from services.ingest import ingest_file
 from services.runtime import Runtime
 from services.storage import BlobWriter
@@ -25,7 +25,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise ApiError(413, "request_too_large", f"webhook body exceeds {limit} bytes")
+            raise PayloadTooLarge(f"webhook body exceeds {limit} bytes")
     return bytes(body)
 
 
@@ -62,11 +62,11 @@ async def ingest_webhook(request: Request, rt: Runtime = Depends(get_runtime)) -
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(422, "malformed_json", f"request body is not valid JSON: {exc}") from None
+        raise BadInput(f"request body is not valid JSON: {exc}", "malformed_json") from None
     try:
         payload = IngestPayload.model_validate(data)
     except ValidationError as exc:
         msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise ApiError(422, "invalid_request", msg) from None
+        raise BadInput(msg, "invalid_request") from None
     result = await run_in_threadpool(_ingest, rt, payload)
     return JSONResponse(result, status_code=202)
