@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from services import auth
+from services.access import auth
 from services.errors import Forbidden, Unauthorized
 from services.runtime import Runtime
 

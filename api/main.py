@@ -18,7 +18,8 @@ from api.subcategories.router import router as subcategories_router
 from api.webhooks.router import router as webhooks_router
 from semtag import __version__
 from semtag.settings import Settings, get_settings
-from services import migrate, pipeline
+from services import migrate
+from services.images import pipeline
 from services.runtime import Runtime
 from workers.context import set_runtime
 from workers.dispatch import InlineQueue, queue_for

@@ -10,7 +10,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 
 import workers.metrics  # noqa: F401  (task duration histogram)
-from services.images import count_by_status
+from services.images.queries import count_by_status
 
 REQUESTS = Counter("semtag_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("semtag_http_request_duration_seconds", "HTTP request latency", ["method", "route"],

@@ -49,7 +49,7 @@ def _model(tmp: Path, int8: bool) -> Path:
 def _images(n: int, out: Path) -> list[Path]:
     import cv2
 
-    from services.synth import make_image
+    from services.data.synth import make_image
 
     base = [make_image(k % 10, 1024, 768, seed=k)[0] for k in range(20)]
     paths = []
@@ -63,7 +63,7 @@ def _images(n: int, out: Path) -> list[Path]:
 
 
 def raw_engine(model: Path, sample: list[Path]) -> dict[int, float]:
-    from services.inference import Engine
+    from services.classify.inference import Engine
 
     eng = Engine(model, warmup=(1, 8, 32))
     x1 = np.stack([eng.decode(p)[0] for p in sample[:32]])
@@ -111,7 +111,7 @@ def pipeline(model: Path, paths: list[Path], batch: int, workdir: Path, uploader
     try:
         subprocess.run(sem + ["db", "upgrade"], env=env, check=True)
         subprocess.run(sem + ["models", "import", str(model)], env=env, check=True, capture_output=True)
-        from models import registry
+        from services.classify import registry
         from services.db import session_scope
 
         with session_scope(db) as s:

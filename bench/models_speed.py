@@ -47,10 +47,10 @@ def train_speed(size: int, batch: int, steps: int) -> dict[str, float]:
 def _untrained_run(size: int, root: Path) -> Path:
     """A run folder holding an untrained Inception-v3 (for speed only), with synthetic images for parity."""
     from models.architectures import build
-    from services.categories import NAMES, SLUGS
-    from services.datasets import build_manifest, scan_folder
-    from services.preprocess import Preprocessing
-    from services.synth import write_dataset
+    from services.data.categories import NAMES, SLUGS
+    from services.data.datasets import build_manifest, scan_folder
+    from services.images.preprocess import Preprocessing
+    from services.data.synth import write_dataset
 
     data = root / "data"
     write_dataset(data, per_class=4, width=400, height=320, seed=1)
@@ -66,7 +66,7 @@ def _untrained_run(size: int, root: Path) -> Path:
 
 
 def _ort_speed(path: Path, x: np.ndarray, repeats: int) -> float:
-    from services.inference import Engine
+    from services.classify.inference import Engine
 
     eng = Engine(path, warmup=(len(x),))
     t = time.perf_counter()

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from models.registry import META_KEY
-from services.datasets import Manifest
+from services.classify.registry import META_KEY
+from services.data.datasets import Manifest
 from services.errors import BadInput, SemtagError
-from services.preprocess import Preprocessing
+from services.images.preprocess import Preprocessing
 
 PARITY_TOLERANCE = 1e-4
 OUTPUTS = {"logits": "logits", "features": "features", "probabilities": "probabilities"}

@@ -1,6 +1,6 @@
 """tf.data input pipeline: parallel decode (OpenCV, data bar cut) → cache → shuffle → augment → batch → prefetch.
 
-Decoding and resizing are :mod:`services.preprocess`'s — the same code serving uses — and the
+Decoding and resizing are :mod:`services.images.preprocess`'s — the same code serving uses — and the
 cache holds uint8 (S, S) images, so an epoch after the first costs no decoding. Augmentations
 (training only): flips, 90° rotations, random crops resized back, brightness/contrast, noise.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from services.imaging import load_gray
-from services.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, resize_gray
+from services.images.imaging import load_gray
+from services.images.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, resize_gray
 
 
 def _augment(x: tf.Tensor, size: int) -> tf.Tensor:
@@ -69,6 +69,6 @@ def make_dataset(paths: list[str], labels: list[int], pp: Preprocessing, batch_s
 
 def images_array(paths: list[str], pp: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Preprocessed inputs (N, S, S, C) for a short list (export parity, calibration)."""
-    from services.preprocess import prepare
+    from services.images.preprocess import prepare
 
     return np.stack([prepare(p, pp, max_pixels) for p in paths]).astype(np.float32)

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from models.archs import MODE_NAMES as MODES
-from services.categories import NAMES, SLUGS
-from services.datasets import Manifest, load_manifest_or_scan
+from services.data.categories import NAMES, SLUGS
+from services.data.datasets import Manifest, load_manifest_or_scan
 from services.errors import BadInput
-from services.evaluation import classification_report, fit_temperature
+from services.classify.evaluation import classification_report, fit_temperature
 from services.plotting import png_figure
-from services.preprocess import Preprocessing
+from services.images.preprocess import Preprocessing
 from services.storage import sha256_file
 
 DEFAULT_LR = {"scratch": 1e-3, "feature-extraction": 1e-3, "fine-tuning": 1e-4}

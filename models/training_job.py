@@ -13,7 +13,7 @@ from typing import Any
 
 from models.archs import ARCH_NAMES, MODE_NAMES
 from services.errors import BadInput
-from services.params import int_param
+from services.jobs.params import int_param
 
 _KEYS = {"data", "arch", "mode", "init", "epochs", "fe_epochs", "batch_size", "image_size", "lr", "seed", "int8",
          "name", "augment"}
@@ -62,10 +62,10 @@ def validate_training(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_training(ctx) -> dict[str, Any]:  # noqa: ANN001
-    from models import registry
+    from services.classify import registry
     from models.export import export_run
     from models.training import TrainConfig, train
-    from services.datasets import build_manifest, labelled_from_db
+    from services.data.datasets import build_manifest, labelled_from_db
 
     p = ctx.params
     out = ctx.rt.settings.data_dir / "runs" / f"job-{ctx.job_id}{'-' + p['name'] if p['name'] else ''}"

@@ -75,7 +75,8 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_apikey(args: argparse.Namespace) -> int:
-    from services import auth, migrate
+    from services import migrate
+    from services.access import auth
     from services.db import session_scope
 
     url = _settings().effective_database_url
@@ -103,7 +104,7 @@ def cmd_apikey(args: argparse.Namespace) -> int:
 def _iter_images(paths: list[str]):  # noqa: ANN202
     from pathlib import Path
 
-    from services.datasets import IMAGE_EXTS
+    from services.data.datasets import IMAGE_EXTS
 
     for p in map(Path, paths):
         if p.is_dir():
@@ -116,7 +117,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     """One JSON object per image; exit 1 only when some file could not be read at all."""
     import json
 
-    from services.imaging import ImageRejected
+    from services.images.imaging import ImageRejected
     from services.scale.reader import read_scale, sidecar_for
 
     unreadable = 0
@@ -151,13 +152,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
     """One JSON object per image with the given or the active model; exit 1 when some file could not be read."""
     import json
 
-    from services.inference import Engine
+    from services.classify.inference import Engine
 
     s = _settings()
     model_path = args.model
     version = None
     if model_path is None:
-        from models import registry
+        from services.classify import registry
         from services import migrate
         from services.db import session_scope
 
@@ -219,7 +220,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         return 0
     from services import migrate
     from services.runtime import Runtime
-    from services.subcategories import run_clustering
+    from services.clustering.subcategories import run_clustering
 
     s = _settings()
     migrate.upgrade(s.effective_database_url)
@@ -237,9 +238,9 @@ def _folder_features(args: argparse.Namespace):  # noqa: ANN202
     """Features of a folder's images with --model; labels from category folders when the layout has them."""
     import numpy as np
 
-    from services.categories import index_of, to_slug
+    from services.data.categories import index_of, to_slug
     from services.errors import BadInput
-    from services.inference import Engine
+    from services.classify.inference import Engine
     from services.scale.reader import read_scale, sidecar_for
 
     if not args.model:
@@ -274,7 +275,7 @@ def _bar(total: int, desc: str):  # noqa: ANN202
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from services.synth import write_dataset
+    from services.data.synth import write_dataset
 
     try:
         w, h = (int(v) for v in args.size.lower().split("x"))
@@ -321,7 +322,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export_run(args.run, int8=args.int8)
     if not args.no_register:
-        from models import registry
+        from services.classify import registry
         from services import migrate
         from services.db import session_scope
 
@@ -339,7 +340,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     import json
 
-    from models import registry
+    from services.classify import registry
     from services import migrate
     from services.db import session_scope
 

@@ -100,7 +100,7 @@ class Client:
         self.keys = {role: self.new_key(role) for role in ("ingest", "read", "curator", "admin")}
 
     def new_key(self, role: str) -> str:
-        from services import auth
+        from services.access import auth
 
         with self.rt.session() as s:
             return auth.create_key(s, role)[1]
@@ -143,7 +143,7 @@ def sqlite_client(sqlite_settings: Settings) -> Iterator[Client]:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Five synthetic images per category (96×96, data bar included)."""
-    from services.synth import write_dataset
+    from services.data.synth import write_dataset
 
     out = tmp_path_factory.mktemp("tiny")
     write_dataset(out, per_class=5, width=96, height=96, seed=2)

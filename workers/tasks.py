@@ -8,7 +8,8 @@ from celery.signals import worker_ready
 from celery_batches import Batches
 
 from semtag.settings import get_settings
-from services import jobs, pipeline
+from services.images import pipeline
+from services.jobs import service as jobs
 from services.runtime import TASK_CLASSIFY, TASK_READ_SCALE, TASK_RECONCILE, TASK_RUN_JOB
 from workers.app import app
 from workers.context import get_runtime

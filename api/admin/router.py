@@ -7,8 +7,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.admin.schemas import JobRequest
 from api.dependencies import Principal, get_runtime, require
-from models import registry
-from services.jobs import JOB_KINDS, create_job, get_job
+from services.classify import registry
+from services.jobs.service import JOB_KINDS, create_job, get_job
 from services.runtime import Runtime
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])

@@ -13,10 +13,10 @@ from api.dependencies import Principal, get_runtime, get_session, require
 from api.errors import error_body
 from api.images.schemas import UPLOAD_OPENAPI, LabelRequest, UploadResponse
 from api.uploads import FilePart, read_multipart
-from services.curation import predictions_of, set_label
+from services.curation.service import predictions_of, set_label
 from services.errors import BadInput
-from services.images import ImageFilter, image_detail, list_images
-from services.ingest import ingest_file
+from services.images.queries import ImageFilter, image_detail, list_images
+from services.images.ingest import ingest_file
 from services.runtime import Runtime
 
 router = APIRouter(prefix="/v1/images", tags=["images"])

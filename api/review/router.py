@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
 from api.dependencies import Principal, get_session, require
-from services.curation import MAX_PAGE, review_queue
+from services.curation.service import MAX_PAGE, review_queue
 
 router = APIRouter(prefix="/v1/review", tags=["curation"])
 

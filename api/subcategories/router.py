@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
 from api.dependencies import Principal, get_session, require
-from services.subcategories import list_subcategories, subcategory_detail
+from services.clustering.subcategories import list_subcategories, subcategory_detail
 
 router = APIRouter(prefix="/v1/subcategories", tags=["subcategories"])
 

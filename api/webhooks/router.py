@@ -12,10 +12,10 @@ from pydantic import ValidationError
 from api.dependencies import get_runtime
 from api.webhooks.schemas import IngestPayload
 from services.errors import BadInput, PayloadTooLarge
-from services.ingest import ingest_file
+from services.images.ingest import ingest_file
 from services.runtime import Runtime
 from services.storage import BlobWriter
-from services.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, decode_base64_into, fetch_into, verify_signature
+from services.access.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, decode_base64_into, fetch_into, verify_signature
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 

@@ -1,7 +1,7 @@
 """The paper's section-3 analysis on a feature matrix: ID → autoencoder → distances → clusterings → NMI.
 
 :func:`analyse` works on arrays alone (features, hand labels where known, −1 elsewhere) and
-writes its figures and ``report.html`` into a folder; :mod:`services.subcategories` feeds it
+writes its figures and ``report.html`` into a folder; :mod:`services.clustering.subcategories` feeds it
 from the database and writes the resulting category → subcategory tree back.
 """
 

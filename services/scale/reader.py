@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from services.imaging import load_gray
+from services.images.imaging import load_gray
 from services.scale.bar_reading import OcrReading, read_ocr
 from services.scale.metadata import MetaReading, read_metadata
 from services.scale.units import normalise_unit, scale_bin, snap_nice, to_nm

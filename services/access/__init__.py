@@ -1,0 +1,1 @@
+"""Access: API keys and roles, the signed ingest webhook."""

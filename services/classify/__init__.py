@@ -1,0 +1,1 @@
+"""Classification: the ONNX inference engine, the model registry (the active model), evaluation."""

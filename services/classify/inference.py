@@ -1,0 +1,214 @@
+"""The inference engine: one ONNX Runtime session per model file, shared by workers, the CLI and clustering.
+
+* Execution providers: TensorRT (when installed and enabled), CUDA where a GPU exists, CPU
+  otherwise; graph optimisation on; intra-op threads from the process's cores.
+* Preprocessing comes from the model file's own ``semtag`` metadata (:mod:`services.images.preprocess`).
+* Fixed batch sizes are warmed up once, so shape-specific work (cuDNN algorithm search, TensorRT
+  engines) happens at start, not on the first request.
+* :func:`engine_for` caches one engine per model file sha256: activating another model makes the
+  next batch load the new file, while the batch in flight finishes with the one it started with.
+* Decoding runs in a thread pool and overlaps the model run (:meth:`Engine.classify_paths`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.errors import BadInput
+from services.images.imaging import ImageRejected, load_gray
+from services.images.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, prepare_gray
+
+META_KEY = "semtag"
+WARMUP_BATCHES = (1, 8, 32)
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def choose_providers(prefer: Iterable[str] | None = None) -> list[str]:
+    """The best available providers in order; TensorRT only when SEMTAG_TENSORRT=1 (engine builds are slow)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    order = list(prefer) if prefer else (
+        (["TensorrtExecutionProvider"] if os.environ.get("SEMTAG_TENSORRT") == "1" else [])
+        + ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    chosen = [p for p in order if p in available]
+    return chosen or ["CPUExecutionProvider"]
+
+
+@dataclass
+class Classification:
+    category: str
+    category_index: int
+    probabilities: list[float]
+    confidence: float
+    margin: float
+    needs_review: bool
+    ood_score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"category": self.category, "category_index": self.category_index,
+                "probabilities": self.probabilities, "confidence": self.confidence, "margin": self.margin,
+                "needs_review": self.needs_review, "ood_score": self.ood_score}
+
+
+def colourfulness(rgb: np.ndarray) -> float:
+    """Hasler & Süsstrunk (2003) colourfulness; SEM micrographs are grey (≈ 0), photos and plots are not."""
+    if rgb.ndim != 3 or rgb.shape[-1] < 3:
+        return 0.0
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    rg, yb = r - g, 0.5 * (r + g) - b
+    return float(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
+
+
+def ood_score(energy: float, colour: float, energy_stats: dict | None) -> float:
+    """0–1: how unlike an SEM micrograph of the training distribution the input is.
+
+    Two signals, the larger wins: colour (SEM images are monochrome; colourfulness above ~15 is
+    suspect, above ~40 near certain) and the logit energy −logsumexp(z) compared with the
+    validation set's (stored at export): far above the validation energies means the network
+    recognises nothing it was trained on.
+    """
+    c = float(np.clip((colour - 15.0) / 25.0, 0.0, 1.0))
+    e = 0.0
+    if energy_stats and energy_stats.get("std"):
+        z = (energy - energy_stats["mean"]) / energy_stats["std"]
+        e = float(1.0 / (1.0 + math.exp(-(z - 3.0))))  # 0.5 at three standard deviations above validation
+    return max(c, e)
+
+
+class Engine:
+    """An ONNX Runtime session for one exported semtag model."""
+
+    def __init__(self, model_path: Path | str, providers: list[str] | None = None, threads: int | None = None,
+                 warmup: Iterable[int] = (), review_threshold: float = 0.6, max_pixels: int = DEFAULT_MAX_PIXELS):
+        import onnxruntime as ort
+
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise BadInput(f"model file {self.path} does not exist", "not_found")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads or cpu_count()
+        so.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=choose_providers(providers))
+        except Exception as exc:  # noqa: BLE001 — onnxruntime raises its own exception types
+            raise BadInput(f"{self.path} cannot be loaded by ONNX Runtime: {exc}", "bad_model") from exc
+        props = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in props:
+            raise BadInput(f"{self.path} has no '{META_KEY}' metadata; export models with `semtag export`",
+                           "bad_model")
+        self.meta: dict[str, Any] = json.loads(props[META_KEY])
+        self.pp = Preprocessing.from_dict(self.meta["preprocessing"])
+        self.classes: list[str] = list(self.meta["classes"])
+        self.outputs: dict[str, str] = dict(self.meta["outputs"])
+        self.input_name: str = self.meta.get("input", "input")
+        self.review_threshold = review_threshold
+        self.max_pixels = max_pixels
+        self.providers = self.session.get_providers()
+        for b in warmup:
+            self.run(np.zeros((b, self.pp.input_size, self.pp.input_size, self.pp.channels), np.float32))
+
+    @property
+    def version_hint(self) -> str:
+        return str(self.meta.get("run_name", self.path.stem))
+
+    def run(self, x: np.ndarray, outputs: Iterable[str] = ("logits", "probabilities")) -> dict[str, np.ndarray]:
+        names = [self.outputs[o] for o in outputs]
+        res = self.session.run(names, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        return dict(zip(outputs, res))
+
+    # ---- decoding (thread-safe; OpenCV releases the GIL) ----
+    def decode(self, path: Path | str) -> tuple[np.ndarray, float]:
+        """(model input, colourfulness) for one file; raises ``ImageRejected``/``OSError``."""
+        from PIL import Image as PILImage
+
+        gray = load_gray(path, self.max_pixels, min_side=self.pp.input_size)
+        colour = 0.0
+        try:
+            with PILImage.open(path) as im:
+                if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
+                    small = im.convert("RGB")
+                    small.thumbnail((256, 256))
+                    colour = colourfulness(np.asarray(small))
+        except OSError:
+            colour = 0.0
+        return prepare_gray(gray, self.pp), colour
+
+    def results(self, logits: np.ndarray, probs: np.ndarray, colours: list[float]) -> list[Classification]:
+        out = []
+        energy_stats = self.meta.get("energy")
+        for z, p, colour in zip(logits, probs, colours):
+            order = np.argsort(p)[::-1]
+            top, second = int(order[0]), int(order[1])
+            m = float(z.max())
+            energy = -(m + math.log(float(np.exp(z - m).sum())))
+            ood = ood_score(energy, colour, energy_stats)
+            conf = float(p[top])
+            out.append(Classification(self.classes[top], top, [float(v) for v in p], conf, float(p[top] - p[second]),
+                                      conf < self.review_threshold or ood >= 0.5, round(ood, 4)))
+        return out
+
+    def classify_arrays(self, x: np.ndarray, colours: list[float] | None = None) -> list[Classification]:
+        r = self.run(x)
+        return self.results(r["logits"], r["probabilities"], colours or [0.0] * len(x))
+
+    def classify_paths(self, paths: list, batch_size: int = 32, threads: int | None = None,
+                       ) -> Iterator[tuple[Any, Classification | None, str | None]]:
+        """Yield (path, result, error) in order; decoding of the next batch overlaps the current run."""
+        if batch_size < 1:
+            raise BadInput("batch size must be at least 1", "bad_params")
+        pool = ThreadPoolExecutor(max_workers=threads or max(1, cpu_count()), thread_name_prefix="semtag-decode")
+
+        def safe_decode(p):  # noqa: ANN001, ANN202
+            try:
+                return self.decode(p), None
+            except ImageRejected as exc:
+                return None, exc.message
+            except OSError as exc:
+                return None, str(exc)
+
+        try:
+            chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+            pending = [pool.submit(safe_decode, p) for p in chunks[0]] if chunks else []
+            for n, chunk in enumerate(chunks):
+                decoded = [f.result() for f in pending]
+                pending = [pool.submit(safe_decode, p) for p in chunks[n + 1]] if n + 1 < len(chunks) else []
+                ok = [(p, d) for p, (d, err) in zip(chunk, decoded) if d is not None]
+                results = {}
+                if ok:
+                    x = np.stack([d[0] for _, d in ok])
+                    for (p, _), res in zip(ok, self.classify_arrays(x, [d[1] for _, d in ok])):
+                        results[id(p)] = res
+                for p, (d, err) in zip(chunk, decoded):
+                    yield p, results.get(id(p)), err
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+_cache: dict[str, Engine] = {}
+_cache_lock = threading.Lock()
+
+
+def engine_for(path: Path | str, sha256: str, loader: Callable[[], Engine] | None = None) -> Engine:
+    """The engine for one model file (by sha256), built once per process; older engines are dropped."""
+    with _cache_lock:
+        eng = _cache.get(sha256)
+        if eng is None:
+            eng = loader() if loader else Engine(path)
+            _cache.clear()  # one model in memory: a newly activated model replaces the old one
+            _cache[sha256] = eng
+        return eng

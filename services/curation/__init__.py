@@ -1,0 +1,1 @@
+"""Curation: human labels and the review queue."""

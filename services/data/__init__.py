@@ -1,0 +1,1 @@
+"""Data: the ten categories, training datasets and manifests, synthetic SEM-like images."""

@@ -1,0 +1,1 @@
+"""Images: ingest (blob + row), probing and decoding, model-input preprocessing, the per-image pipeline, queries."""

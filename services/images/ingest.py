@@ -1,0 +1,125 @@
+"""Ingest: a streamed file becomes a stored blob, an ``images`` row and queued work.
+
+Idempotent by content: the same bytes return the existing image and queue nothing.
+Bytes and row are committed before anything is enqueued.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from pathlib import PurePosixPath, PureWindowsPath
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from services.errors import BadInput
+from services.images.imaging import EmptyFile, probe
+from services.runtime import TASK_CLASSIFY, TASK_READ_SCALE, Runtime
+from services.storage import BlobWriter
+from services.tables import Image, ImageStatus, StepState
+
+MAX_FILENAME = 255
+MAX_SIDECAR_BYTES = 1024 * 1024
+
+
+def clean_filename(name: str | None) -> str:
+    """The file's base name, or a clear error for path traversal and control characters."""
+    if name is None or name == "":
+        return "upload"
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in name):
+        raise BadInput("filename contains control characters", "bad_filename")
+    parts = set(PurePosixPath(name).parts) | set(PureWindowsPath(name).parts)
+    if ".." in parts or name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
+        raise BadInput(f"filename {name!r} contains a path; send a plain file name", "bad_filename")
+    base = PureWindowsPath(PurePosixPath(name).name).name
+    if base in ("", ".", ".."):
+        raise BadInput(f"filename {name!r} is not a file name", "bad_filename")
+    if len(base) > MAX_FILENAME:
+        raise BadInput(f"filename is longer than {MAX_FILENAME} characters", "bad_filename")
+    return base
+
+
+def clean_record_id(record_id: str | None) -> str | None:
+    if record_id is None or record_id == "":
+        return None
+    if len(record_id) > 255 or any(unicodedata.category(ch) == "Cc" for ch in record_id):
+        raise BadInput("record_id must be at most 255 printable characters", "bad_record_id")
+    return record_id
+
+
+@dataclass
+class IngestResult:
+    image_id: int
+    sha256: str
+    filename: str
+    status: str
+    duplicate: bool
+
+
+_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp"}
+
+
+def _store_sidecar(rt: Runtime, sidecar: BlobWriter | None) -> str | None:
+    if sidecar is None:
+        return None
+    if sidecar.size == 0:
+        raise BadInput("the sidecar file is empty", "empty_sidecar")
+    return rt.store.commit(sidecar, ".txt")
+
+
+def ingest_file(
+    rt: Runtime,
+    writer: BlobWriter,
+    filename: str | None,
+    record_id: str | None = None,
+    sidecar: BlobWriter | None = None,
+) -> IngestResult:
+    """Validate the streamed file in ``writer``, store it and its row, then enqueue its processing.
+
+    Raises :class:`~services.imaging.ImageRejected` / :class:`BadInput`; the writer's
+    temporary file is then left for the caller to discard.
+    """
+    name = clean_filename(filename)
+    record_id = clean_record_id(record_id)
+    writer.close()
+    if writer.size == 0:
+        raise EmptyFile("the file is empty")
+    info = probe(writer.path, rt.settings.max_pixels)
+    sha = writer.sha256
+
+    with rt.session() as s:
+        existing = s.scalar(select(Image).where(Image.sha256 == sha))
+        if existing is not None:
+            if existing.sidecar_key is None and sidecar is not None:
+                existing.sidecar_key = _store_sidecar(rt, sidecar)
+            if existing.record_id is None and record_id:
+                existing.record_id = record_id
+            return IngestResult(existing.id, sha, existing.filename, existing.status, True)
+
+    key = rt.store.commit(writer, _SUFFIX.get(info.format, ""))
+    sidecar_key = _store_sidecar(rt, sidecar)
+    try:
+        with rt.session() as s:
+            image = Image(
+                sha256=sha, filename=name, record_id=record_id, bytes=writer.size,
+                width=info.width, height=info.height, format=info.format, bit_depth=info.bit_depth,
+                pages=info.pages, mode=info.mode, storage_key=key, sidecar_key=sidecar_key,
+                status=ImageStatus.pending.value, scale_state=StepState.pending.value,
+                inference_state=StepState.pending.value,
+            )
+            s.add(image)
+            s.flush()
+            image_id = image.id
+    except IntegrityError:  # the same bytes arrived concurrently: the other upload won
+        with rt.session() as s:
+            existing = s.scalar(select(Image).where(Image.sha256 == sha))
+            return IngestResult(existing.id, sha, existing.filename, existing.status, True)
+
+    enqueue_processing(rt, image_id)
+    return IngestResult(image_id, sha, name, ImageStatus.pending.value, False)
+
+
+def enqueue_processing(rt: Runtime, image_id: int, steps: tuple[str, ...] = (TASK_READ_SCALE, TASK_CLASSIFY)) -> None:
+    for task in steps:
+        rt.queue.enqueue(task, image_id)

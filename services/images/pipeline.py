@@ -1,0 +1,239 @@
+"""The per-image steps that workers run: read the scale, classify. Idempotent by image id.
+
+Each step checks the image's step state first, so running a step twice (a redelivered
+task, the reconciler) writes its rows once.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.images.imaging import ImageRejected, load_gray
+from services.images.ingest import enqueue_processing
+from services.runtime import TASK_CLASSIFY, TASK_READ_SCALE, Runtime
+from services.tables import Image, ImageStatus, ModelVersion, Prediction, ScaleReading, StepState, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def refresh_status(img: Image) -> None:
+    """Overall status from the step states."""
+    if img.status == ImageStatus.failed.value:
+        return
+    if img.scale_state != StepState.pending.value and img.inference_state != StepState.pending.value:
+        img.status = ImageStatus.done.value
+    else:
+        img.status = ImageStatus.processing.value
+
+
+def fail_image(rt: Runtime, image_id: int, reason: str) -> None:
+    with rt.session() as s:
+        img = s.get(Image, image_id)
+        if img is None:
+            return
+        img.status = ImageStatus.failed.value
+        img.error = reason
+        for attr in ("scale_state", "inference_state"):
+            if getattr(img, attr) == StepState.pending.value:
+                setattr(img, attr, StepState.failed.value)
+
+
+def _begin(rt: Runtime, image_id: int, state_attr: str) -> Image | None:
+    """The image if its step is still to do, marking it processing; None otherwise."""
+    with rt.session() as s:
+        img = s.get(Image, image_id)
+        if img is None or img.status == ImageStatus.failed.value:
+            return None
+        if getattr(img, state_attr) != StepState.pending.value:
+            return None
+        if img.status == ImageStatus.pending.value:
+            img.status = ImageStatus.processing.value
+        return img
+
+
+def read_scale(rt: Runtime, image_id: int) -> str:
+    """Decode the image, read its scale (metadata, then OCR) and store the reading."""
+    from services.scale import read_scale as read_scale_of_file
+
+    img = _begin(rt, image_id, "scale_state")
+    if img is None:
+        return "skipped"
+    path = rt.store.local_path(img.storage_key)
+    sidecar = rt.store.local_path(img.sidecar_key) if img.sidecar_key else None
+    try:
+        gray = load_gray(path, rt.settings.max_pixels)
+    except (ImageRejected, OSError) as exc:
+        reason = exc.message if isinstance(exc, ImageRejected) else str(exc)
+        fail_image(rt, image_id, f"decode failed: {reason}")
+        return "failed"
+    result = read_scale_of_file(path, gray=gray, sidecar=sidecar, max_pixels=rt.settings.max_pixels)
+    try:
+        with rt.session() as s:
+            img = s.get(Image, image_id)
+            if img is None or img.scale_state != StepState.pending.value:
+                return "skipped"
+            s.add(ScaleReading(image_id=image_id, **result.row()))
+            img.pixel_size_nm = result.pixel_size_nm
+            img.scale_nm = result.scale_nm
+            img.scale_state = StepState.done.value
+            refresh_status(img)
+    except IntegrityError:  # a concurrent run of the same step stored it first
+        return "skipped"
+    return result.source
+
+
+def active_model_in(session: Session, task: str = "classification") -> ModelVersion | None:
+    """The one active model of ``task`` (the registry keeps at most one), or None."""
+    return session.scalar(select(ModelVersion).where(ModelVersion.task == task, ModelVersion.active.is_(True)))
+
+
+def active_model(rt: Runtime, task: str = "classification") -> ModelVersion | None:
+    with rt.session() as s:
+        return active_model_in(s, task)
+
+
+def classify(rt: Runtime, image_id: int) -> str:
+    """Classify one image (a batch of one); see :func:`classify_batch`."""
+    return classify_batch(rt, [image_id])[image_id]
+
+
+def _engine(rt: Runtime, model: ModelVersion):  # noqa: ANN202
+    from services.classify import inference
+
+    st = rt.settings
+    sizes = sorted({1, st.inference_batch_size}) if st.inference_warmup else []
+    return inference.engine_for(model.file_path, model.file_sha256, loader=lambda: inference.Engine(
+        model.file_path, threads=st.inference_threads, warmup=sizes,
+        review_threshold=st.review_confidence_threshold, max_pixels=st.max_pixels))
+
+
+def warm_engine(rt: Runtime) -> str | None:
+    """Load and warm up the active model's engine (an inference worker's start); its version or None."""
+    model = active_model(rt)
+    if model is None:
+        return None
+    _engine(rt, model)
+    return model.version
+
+
+def _store_predictions(rt: Runtime, model: ModelVersion, done: list) -> dict[int, str]:  # noqa: ANN001
+    out = {}
+    with rt.session() as s:
+        for iid, res in done:
+            img = s.get(Image, iid)
+            if img is None or img.inference_state != StepState.pending.value:
+                out[iid] = "skipped"
+                continue
+            exists = s.scalar(select(Prediction.id).where(Prediction.image_id == iid,
+                                                         Prediction.model_version == model.version))
+            if exists is None:
+                s.add(Prediction(image_id=iid, model_id=model.id, model_version=model.version, **res.to_dict()))
+            if img.category_source != "human":
+                img.category, img.category_source, img.confidence = res.category, "model", res.confidence
+            img.inference_state = StepState.done.value
+            refresh_status(img)
+            out[iid] = res.category
+    return out
+
+
+def classify_batch(rt: Runtime, image_ids: list[int]) -> dict[int, str]:
+    """Classify images with the active model, as one batch; returns an outcome per id.
+
+    The active model is read once, so one batch never mixes model versions; activating another
+    model takes effect at the next batch. Without an active model images wait in ``no_model``.
+    A prediction is unique per (image, model version): a redelivered batch writes nothing twice.
+    An image that cannot be decoded fails alone, with its reason.
+    """
+    out: dict[int, str] = {}
+    model = active_model(rt)
+    todo: list[tuple[int, object]] = []
+    with rt.session() as s:
+        for iid in dict.fromkeys(image_ids):
+            img = s.get(Image, iid)
+            if img is None or img.status == ImageStatus.failed.value or img.inference_state != StepState.pending.value:
+                out[iid] = "skipped"
+                continue
+            if model is None:
+                img.inference_state = StepState.no_model.value
+                refresh_status(img)
+                out[iid] = "no_model"
+                continue
+            if img.status == ImageStatus.pending.value:
+                img.status = ImageStatus.processing.value
+            todo.append((iid, rt.store.local_path(img.storage_key)))
+    if not todo:
+        return out
+    engine = _engine(rt, model)
+    results = list(engine.classify_paths([p for _, p in todo], batch_size=max(1, rt.settings.inference_batch_size)))
+    failed = [(iid, err or "cannot be decoded") for (iid, _), (_, res, err) in zip(todo, results) if res is None]
+    done = [(iid, res) for (iid, _), (_, res, _) in zip(todo, results) if res is not None]
+    try:
+        out.update(_store_predictions(rt, model, done))
+    except IntegrityError:  # another worker stored some of them meanwhile: store one by one
+        for item in done:
+            try:
+                out.update(_store_predictions(rt, model, [item]))
+            except IntegrityError:
+                out[item[0]] = "skipped"
+    for iid, reason in failed:
+        fail_image(rt, iid, f"decode failed: {reason}")
+        out[iid] = "failed"
+    return out
+
+
+def reconcile(rt: Runtime, older_than_s: float | None = None) -> int:
+    """Re-enqueue the steps of images left pending/processing longer than ``older_than_s``."""
+    older = rt.settings.reconcile_after_s if older_than_s is None else older_than_s
+    cutoff = utcnow() - timedelta(seconds=older)
+    todo: list[tuple[int, tuple[str, ...]]] = []
+    with rt.session() as s:
+        rows = s.scalars(
+            select(Image).where(
+                Image.status.in_([ImageStatus.pending.value, ImageStatus.processing.value]),
+                Image.updated_at <= cutoff,
+            ).limit(10_000)
+        ).all()
+        for img in rows:
+            steps = tuple(
+                task for task, attr in ((TASK_READ_SCALE, "scale_state"), (TASK_CLASSIFY, "inference_state"))
+                if getattr(img, attr) == StepState.pending.value
+            )
+            if not steps:
+                refresh_status(img)
+                continue
+            img.updated_at = utcnow()
+            todo.append((img.id, steps))
+    for image_id, steps in todo:
+        enqueue_processing(rt, image_id, steps)
+    if todo:
+        log.info("reconciler re-enqueued %d images", len(todo))
+    return len(todo)
+
+
+def requeue_waiting(rt: Runtime, reclassify: bool = False) -> int:
+    """After a model is activated: images waiting in ``no_model`` go back to pending and are queued.
+
+    With ``reclassify`` also every classified image that has no prediction of the active model
+    (its earlier predictions stay as history). With no queue at hand (a CLI process in embedded
+    mode) they are still marked pending, and the service's reconciler picks them up.
+    """
+    model = active_model(rt)
+    states = [StepState.no_model.value] + ([StepState.done.value] if reclassify else [])
+    with rt.session() as s:
+        q = select(Image).where(Image.inference_state.in_(states), Image.status != ImageStatus.failed.value)
+        if model is not None and reclassify:
+            q = q.where(Image.id.not_in(select(Prediction.image_id).where(Prediction.model_version == model.version)))
+        ids = []
+        for img in s.scalars(q):
+            img.inference_state = StepState.pending.value
+            img.updated_at = utcnow()
+            refresh_status(img)
+            ids.append(img.id)
+    for image_id in ids:
+        enqueue_processing(rt, image_id, (TASK_CLASSIFY,))
+    return len(ids)

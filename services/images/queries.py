@@ -1,0 +1,198 @@
+"""Reading images back: one image with all its metadata, and the filtered, paginated search."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import desc, func, select
+from sqlalchemy.orm import Session
+
+from services.data.categories import NAMES, SLUGS, to_slug
+from services.errors import BadInput, NotFound
+from services.scale.units import bin_edges_nm, parse_length, scale_bin, to_nm
+from services.images.pipeline import active_model_in
+from services.tables import HumanLabel, Image, ImageStatus, Prediction, ScaleReading, Subcategory
+
+MAX_PAGE = 500
+
+
+def _scale_dict(r: ScaleReading | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {
+        "source": r.source, "scale_value": r.scale_value, "scale_unit": r.scale_unit, "bar_px": r.bar_px,
+        "pixel_size_nm": r.pixel_size_nm, "confidence": r.confidence, "fields": r.fields,
+        "databar_box": r.databar_box, "detail": r.detail, "reason": r.reason,
+    }
+
+
+def _prediction_dict(p: Prediction | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    return {
+        "category": p.category, "category_name": NAMES.get(p.category), "category_index": p.category_index,
+        "probabilities": dict(zip(SLUGS, p.probabilities)), "confidence": p.confidence, "margin": p.margin,
+        "needs_review": p.needs_review, "ood_score": p.ood_score, "model_version": p.model_version,
+        "created_at": p.created_at,
+    }
+
+
+def image_detail(session: Session, image_id: int) -> dict[str, Any]:
+    img = session.get(Image, image_id)
+    if img is None:
+        raise NotFound(f"image {image_id} not found")
+    scale = session.scalar(select(ScaleReading).where(ScaleReading.image_id == image_id))
+    # The active model's prediction when there is one, else the latest of any model.
+    active = active_model_in(session)
+    pred = None
+    if active is not None:
+        pred = session.scalar(select(Prediction).where(Prediction.image_id == image_id,
+                                                       Prediction.model_version == active.version))
+    if pred is None:
+        pred = session.scalar(
+            select(Prediction).where(Prediction.image_id == image_id).order_by(desc(Prediction.id)).limit(1)
+        )
+    label = session.scalar(
+        select(HumanLabel).where(HumanLabel.image_id == image_id).order_by(desc(HumanLabel.id)).limit(1)
+    )
+    sub = session.get(Subcategory, img.subcategory_id) if img.subcategory_id else None
+    return {
+        "id": img.id, "sha256": img.sha256, "filename": img.filename, "record_id": img.record_id,
+        "bytes": img.bytes, "width": img.width, "height": img.height, "format": img.format,
+        "bit_depth": img.bit_depth, "pages": img.pages, "mode": img.mode,
+        "status": img.status, "error": img.error,
+        "steps": {"scale": img.scale_state, "classification": img.inference_state},
+        "pixel_size_nm": img.pixel_size_nm,
+        "scale_nm": img.scale_nm,
+        "scale_bin": scale_bin(img.scale_nm),
+        "scale": _scale_dict(scale),
+        "category": img.category, "category_name": NAMES.get(img.category) if img.category else None,
+        "category_source": img.category_source, "confidence": img.confidence,
+        "classification": _prediction_dict(pred),
+        "model_version": pred.model_version if pred else None,
+        "human_label": None if label is None else {
+            "category": label.category, "labelled_by": label.labelled_by, "created_at": label.created_at},
+        "subcategory": None if sub is None else {
+            "id": sub.id, "name": sub.name, "parent_category": sub.parent_category, "method": sub.method, "k": sub.k},
+        "created_at": img.created_at, "updated_at": img.updated_at,
+    }
+
+
+@dataclass
+class ImageFilter:
+    category: str | None = None
+    subcategory: int | None = None
+    pixel_size_min_nm: float | None = None
+    pixel_size_max_nm: float | None = None
+    min_confidence: float | None = None
+    status: str | None = None
+    record_id: str | None = None
+    scale_bin: str | None = None  # e.g. '1 µm–2 µm' (or '1um-2um'): a 1-2-5 bin of scale-bar length
+    scale_min_nm: float | None = None
+    scale_max_nm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale_bin is not None:
+            self._bin_range = parse_scale_bin(self.scale_bin)
+        if self.category is not None:
+            self.category = to_slug(self.category)
+        if self.status is not None and self.status not in {s.value for s in ImageStatus}:
+            raise BadInput(f"status must be one of {', '.join(s.value for s in ImageStatus)}", "bad_filter")
+        for name in ("pixel_size_min_nm", "pixel_size_max_nm"):
+            v = getattr(self, name)
+            if v is not None and not v >= 0:
+                raise BadInput(f"{name} must be a non-negative number", "bad_filter")
+        if (self.pixel_size_min_nm is not None and self.pixel_size_max_nm is not None
+                and self.pixel_size_min_nm > self.pixel_size_max_nm):
+            raise BadInput("pixel_size_min_nm is larger than pixel_size_max_nm", "bad_filter")
+        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+            raise BadInput("min_confidence must be between 0 and 1", "bad_filter")
+
+    def apply(self, stmt):  # noqa: ANN001, ANN201
+        if self.category is not None:
+            stmt = stmt.where(Image.category == self.category)
+        if self.subcategory is not None:
+            stmt = stmt.where(Image.subcategory_id == self.subcategory)
+        if self.pixel_size_min_nm is not None:
+            stmt = stmt.where(Image.pixel_size_nm >= self.pixel_size_min_nm)
+        if self.pixel_size_max_nm is not None:
+            stmt = stmt.where(Image.pixel_size_nm <= self.pixel_size_max_nm)
+        if self.min_confidence is not None:
+            stmt = stmt.where(Image.confidence >= self.min_confidence)
+        if self.status is not None:
+            stmt = stmt.where(Image.status == self.status)
+        if self.record_id is not None:
+            stmt = stmt.where(Image.record_id == self.record_id)
+        if self.scale_bin is not None:
+            lo, hi = self._bin_range
+            stmt = stmt.where(Image.scale_nm >= lo, Image.scale_nm < hi)
+        if self.scale_min_nm is not None:
+            stmt = stmt.where(Image.scale_nm >= self.scale_min_nm)
+        if self.scale_max_nm is not None:
+            stmt = stmt.where(Image.scale_nm <= self.scale_max_nm)
+        return stmt
+
+
+def parse_scale_bin(text: str) -> tuple[float, float]:
+    """'1 µm–2 µm' / '1um-2um' -> (1000, 2000) nm; only the 1-2-5 bins are accepted."""
+    parts = [p for p in re.split(r"\s*(?:–|—|-|\.\.|to)\s*", text.strip()) if p]
+    edges = bin_edges_nm()
+    if len(parts) == 2:
+        lo, hi = parse_length(parts[0]), parse_length(parts[1])
+        if lo and hi:
+            lo_nm, hi_nm = to_nm(*lo), to_nm(*hi)
+            for a, b in zip(edges, edges[1:]):
+                if abs(a - lo_nm) < 1e-6 * a and abs(b - hi_nm) < 1e-6 * b:
+                    return a, b
+    raise BadInput(f"scale_bin {text!r} is not a 1-2-5 bin such as '1 µm–2 µm' or '200nm-500nm'", "bad_filter")
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"i:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, value = raw.split(":", 1)
+        if kind != "i":
+            raise ValueError
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadInput("cursor is not valid; use the next_cursor of a previous page", "bad_cursor") from None
+
+
+def image_summary(img: Image) -> dict[str, Any]:
+    return {
+        "id": img.id, "filename": img.filename, "record_id": img.record_id, "status": img.status,
+        "category": img.category, "category_source": img.category_source, "confidence": img.confidence,
+        "pixel_size_nm": img.pixel_size_nm, "scale_nm": img.scale_nm, "scale_bin": scale_bin(img.scale_nm),
+        "subcategory_id": img.subcategory_id, "created_at": img.created_at,
+    }
+
+
+def list_images(session: Session, flt: ImageFilter, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+    """Keyset pagination by ascending id: stable while images are added."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadInput(f"limit must be between 1 and {MAX_PAGE}", "bad_limit")
+    stmt = flt.apply(select(Image))
+    if cursor:
+        stmt = stmt.where(Image.id > decode_cursor(cursor))
+    rows = session.scalars(stmt.order_by(Image.id).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "items": [image_summary(r) for r in rows],
+        "next_cursor": encode_cursor(rows[-1].id) if more and rows else None,
+    }
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    counts = {s.value: 0 for s in ImageStatus}
+    for status, n in session.execute(select(Image.status, func.count()).group_by(Image.status)):
+        counts[status] = n
+    return counts

@@ -1,0 +1,237 @@
+"""Subcategory analysis on features with planted structure (nested Gaussian blobs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import normalized_mutual_info_score as nmi
+
+from services.clustering import scores
+from services.clustering.density_peaks import DensityPeaks
+from services.clustering.distances import correlation_index, labelled_sample
+from services.clustering.hierarchy import Hierarchical
+from services.clustering.intrinsic_dim import TwoNN, id_by_decimation
+from services.clustering.synthetic import nested_blobs
+from services.errors import BadInput
+
+
+@pytest.fixture(scope="module")
+def blobs():  # noqa: ANN201
+    # 10 classes × 3 planted subclasses in a 6-D subspace of 40-D space
+    return nested_blobs(3000, dim=40, latent_dim=6, classes=10, subclasses=3, seed=1)
+
+
+def test_two_nn_finds_the_true_dimension_and_agrees_with_scikit_dimension() -> None:
+    import skdim
+
+    rng = np.random.default_rng(0)
+    for d in (2, 5, 8):
+        z = rng.normal(size=(3000, d))
+        basis, _ = np.linalg.qr(rng.normal(size=(30, d)))
+        X = z @ basis.T
+        est = TwoNN(0.9).fit(X).dimension_
+        assert est == pytest.approx(d, rel=0.1)
+        ref = skdim.id.TwoNN(discard_fraction=0.1).fit(X).dimension_
+        assert abs(est - ref) <= 0.1
+
+
+def test_id_by_decimation_reports_each_size_and_fraction(blobs) -> None:  # noqa: ANN001
+    X, _, _ = blobs
+    rows = id_by_decimation(X, min_points=300, repeats=2)
+    assert [r["n"] for r in rows] == [3000, 1500, 750, 375]
+    assert {"id_90", "id_70", "id_50", "std_90"} <= set(rows[0])
+    assert rows[0]["id_90"] == pytest.approx(6, rel=0.1)
+
+
+@pytest.mark.parametrize("method", ["ward", "centroid"])
+def test_ward_and_centroid_recover_the_planted_structure(blobs, method: str) -> None:  # noqa: ANN001
+    X, cls, sub = blobs
+    h = Hierarchical(method).fit(X)
+    assert nmi(cls, h.labels(10)) > 0.9
+    assert nmi(sub, h.labels(30)) > 0.85
+
+
+def test_single_and_complete_and_the_complete_budget(blobs) -> None:  # noqa: ANN001
+    X, cls, _ = blobs
+    assert nmi(cls, Hierarchical("single").fit(X).labels(10)) > 0.5
+    assert nmi(cls, Hierarchical("complete").fit(X).labels(10)) > 0.8
+    with pytest.raises(BadInput, match="budget"):
+        Hierarchical("complete", memory_budget_bytes=1_000_000).fit(X)
+    sampled = Hierarchical("complete", memory_budget_bytes=1_000_000, sample_size=400).fit(X)
+    labels = sampled.labels(10)
+    assert len(labels) == len(X) and nmi(cls, labels) > 0.7
+
+
+def test_density_peaks_hierarchy_cuts_at_any_k(blobs) -> None:  # noqa: ANN001
+    X, cls, sub = blobs
+    dp = DensityPeaks(k=40).fit(X)
+    assert dp.intrinsic_dim_ == pytest.approx(6, rel=0.15)
+    assert dp.n_peaks_ >= 30
+    assert nmi(cls, dp.labels(10)) > 0.85
+    assert nmi(sub, dp.labels(30)) > 0.75
+    for k in (1, 5, dp.n_peaks_):
+        assert len(np.unique(dp.labels(k))) == k
+    with pytest.raises(BadInput, match="peaks"):
+        dp.labels(dp.n_peaks_ + 1)
+
+
+def test_good_scenario_is_perfect_at_ten_and_uniform_is_near_zero(blobs) -> None:  # noqa: ANN001
+    _, cls, _ = blobs
+    assert nmi(cls, scores.good_scenario(cls, 10)) == pytest.approx(1.0)
+    g40 = scores.good_scenario(cls, 40)
+    assert len(np.unique(g40)) == 40 and nmi(cls, g40) < 1.0
+    assert nmi(cls, scores.uniform_scenario(len(cls), 10)) < 0.02
+    ref = scores.reference_curves(cls, scores.k_grid(len(cls)))
+    assert ref["good"][0] == {"k": 10, "nmi": pytest.approx(1.0)}
+    assert ref["uniform"][-1]["k"] == len(cls)
+
+
+def test_correlation_index_is_higher_for_a_space_that_separates_labels(blobs) -> None:  # noqa: ANN001
+    X, cls, _ = blobs
+    idx = labelled_sample(cls, 400)
+    assert np.all(np.diff(cls[idx]) >= 0)
+    good = correlation_index(X[idx], cls[idx])
+    noise = correlation_index(np.random.default_rng(0).normal(size=(400, 40)), cls[idx])
+    assert good > 0.5 and abs(noise) < 0.1
+
+
+def test_bad_parameters_give_clear_errors(blobs) -> None:  # noqa: ANN001
+    X, cls, _ = blobs
+    h = Hierarchical("ward").fit(X[:50])
+    with pytest.raises(BadInput, match="outside 1..50"):
+        h.labels(51)
+    with pytest.raises(BadInput, match="non-empty"):
+        Hierarchical("ward").fit(np.zeros((0, 4)))
+    bad = X[:20].copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(BadInput, match="NaN"):
+        Hierarchical("centroid").fit(bad)
+    with pytest.raises(BadInput, match="linkage"):
+        Hierarchical("average")
+    with pytest.raises(BadInput, match="exceeds"):
+        scores.good_scenario(cls[:20], 21)
+
+
+def test_density_peaks_merge_touching_peaks_through_their_saddle() -> None:
+    rng = np.random.default_rng(3)
+    centres = np.array([[0, 0], [3, 0], [20, 0], [23, 0]], float)  # two pairs of touching blobs
+    X = np.concatenate([c + rng.normal(0, 1, (400, 2)) for c in centres])
+    truth_pairs = np.repeat([0, 0, 1, 1], 400)
+    dp = DensityPeaks(k=30, intrinsic_dim=2).fit(X)
+    assert dp.saddles_, "touching blobs must share a saddle"
+    assert nmi(truth_pairs, dp.labels(2)) > 0.95
+
+
+def test_analysis_writes_figures_and_report(tmp_path, blobs) -> None:  # noqa: ANN001
+    from services.clustering.analysis import AnalysisConfig, analyse
+
+    X, cls, _ = blobs
+    labels = cls.copy()
+    labels[::3] = -1  # a third unlabelled: scored on the labelled ones only
+    report = analyse(X[:1200], labels[:1200], AnalysisConfig(ae_epochs=15, code_dim=6, dp_k=20), tmp_path)
+    for f in ("id_vs_n.png", "distance_discrete.png", "distance_features.png", "distance_codes.png",
+              "nmi_vs_k.png", "report.html", "analysis.json", "codes.npy"):
+        assert (tmp_path / f).is_file(), f
+    assert set(report["methods"]) == {"single", "complete", "centroid", "ward", "density_peaks"}
+    ward = report["methods"]["ward"]["scores"]
+    assert ward[0]["k"] == 10 and ward[0]["nmi"] > 0.8
+    assert report["autoencoder"]["code_dim"] == 6 and report["autoencoder"]["reconstruction_loss"] < 1.0
+    assert report["correlation_index"]["codes"] > 0.3
+    assert "<img src='nmi_vs_k.png'>" in (tmp_path / "report.html").read_text()
+
+
+def test_cluster_cli_on_saved_features(tmp_path, blobs, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from semtag.cli import main
+
+    X, cls, _ = blobs
+    np.save(tmp_path / "X.npy", X[:600])
+    np.save(tmp_path / "y.npy", cls[:600])
+    assert main(["cluster", "--features", str(tmp_path / "X.npy"), "--labels", str(tmp_path / "y.npy"),
+                 "--out", str(tmp_path / "rep"), "--no-autoencoder", "--methods", "ward,centroid"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["methods"]["ward"] > 0.8 and (tmp_path / "rep" / "report.html").is_file()
+    bad = X[:600].copy()
+    bad[5] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    assert main(["cluster", "--features", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "r2")]) == 2
+    assert "NaN" in capsys.readouterr().err
+
+
+def test_clustering_job_writes_the_subcategory_tree(sqlite_settings, alexnet_onnx) -> None:  # noqa: ANN001
+    import cv2
+
+    from services.classify import registry
+    from services.data.synth import make_image
+    from tests.conftest import Client
+
+    c = Client(sqlite_settings)
+    try:
+        with c.rt.session() as s:
+            registry.activate(s, registry.register(s, alexnet_onnx, sqlite_settings.data_dir / "models").version)
+        files = []
+        for k in range(40):
+            img, _ = make_image(k % 10, 128, 128, seed=500 + k)
+            files.append((f"i{k}.png", cv2.imencode(".png", img)[1].tobytes()))
+        ids = [it["id"] for it in c.upload(*files).json()["items"]]
+        c.wait()
+        for k, iid in enumerate(ids[:20]):
+            assert c.http.put(f"/v1/images/{iid}/label", json={"category": k % 10},
+                              headers=c.auth("curator")).status_code == 200
+        h = c.auth("admin")
+        r = c.http.post("/v1/admin/jobs", json={"kind": "clustering", "params": {
+            "scale_min_nm": None, "scale_max_nm": None, "k": 2, "ae_epochs": 5, "code_dim": 4, "dp_k": 5}}, headers=h)
+        assert r.status_code == 202, r.text
+        c.wait()
+        job = c.http.get(f"/v1/admin/jobs/{r.json()['id']}", headers=h).json()
+        assert job["status"] == "succeeded", job["error"]
+        assert job["result"]["images"] == 40 and job["result"]["labelled"] == 20
+        tree = c.get("/v1/subcategories").json()
+        subs = tree["subcategories"]
+        assert subs and sum(sc["size"] for sc in subs) == 40
+        assert all(sc["parent_category"] in tree["tree"] for sc in subs)
+        first = subs[0]
+        detail = c.get(f"/v1/subcategories/{first['id']}", params={"limit": 1}).json()
+        assert len(detail["members"]) == 1 and (detail["next_cursor"] is not None) == (first["size"] > 1)
+        assert set(first["representatives"]) <= set(ids)
+        found = c.get("/v1/images", params={"subcategory": first["id"]}).json()["items"]
+        assert len(found) == first["size"]
+        assert Path(job["result"]["report"]).is_file()
+        # an empty selection is a clear failure of the job, nothing is written
+        r = c.http.post("/v1/admin/jobs", json={"kind": "clustering", "params": {"scale_min_nm": 1e6,
+                                                                                   "scale_max_nm": 2e6}}, headers=h)
+        c.wait()
+        job = c.http.get(f"/v1/admin/jobs/{r.json()['id']}", headers=h).json()
+        assert job["status"] == "failed" and "no classified images" in job["error"]
+        r = c.http.post("/v1/admin/jobs", json={"kind": "clustering", "params": {"method": "kmeans"}}, headers=h)
+        assert r.status_code == 422
+        assert c.get("/v1/subcategories/999999").status_code == 404
+    finally:
+        c.close()
+
+
+def test_brute_force_neighbours_in_high_dimension_match_a_kd_tree(blobs) -> None:  # noqa: ANN001
+    from scipy.spatial import cKDTree
+
+    from services.clustering.intrinsic_dim import two_nearest
+
+    X = blobs[0][:1500].astype(np.float64)  # 40-D: the chunked matrix-product path
+    d, _ = cKDTree(X).query(X, k=3)
+    assert np.allclose(two_nearest(X, chunk=256), d[:, 1:3], rtol=1e-3, atol=1e-2)
+
+
+def test_cluster_cli_on_an_image_folder(tmp_path, tiny_data, alexnet_onnx, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from semtag.cli import main
+
+    assert main(["cluster", "--images", str(tiny_data), "--model", str(alexnet_onnx), "--all-scales",
+                 "--no-autoencoder", "--methods", "ward,single", "--out", str(tmp_path / "rep")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n"] == 50 and set(out["methods"]) == {"ward", "single"}  # labels from the category folders
+    assert (tmp_path / "rep" / "nmi_vs_k.png").is_file()
+    assert main(["cluster", "--images", str(tiny_data), "--all-scales", "--out", str(tmp_path / "r2")]) == 2
+    assert "--model" in capsys.readouterr().err
