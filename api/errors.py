@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.errors import SemtagError
@@ -43,3 +44,31 @@ def install(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable, e.g. not_found, bad_filter, file_too_large")
+    message: str = Field(description="what went wrong and what to do, for a person")
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorRead(BaseModel):
+    """The envelope of every error response."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"error": {"code": "not_found", "message": "image 42 not found"}}]})
+
+    error: ErrorDetail
+
+
+_MEANING = {400: "the request cannot be parsed", 401: "missing or invalid API key", 403: "the key's role may not do this",
+            404: "not found", 409: "conflicts with the current state", 413: "too large",
+            415: "unsupported media type", 422: "invalid parameters or content", 503: "switched off or unavailable"}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each status with the error envelope's schema."""
+    return {s: {"model": ErrorRead, "description": _MEANING.get(s, "error")} for s in statuses}
+
+
+AUTH_ERRORS = (401, 403)

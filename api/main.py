@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
+import fastapi_offline
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.admin.router import job_request_schema
 from api.admin.router import router as admin_router
 from api.health.router import router as health_router
 from api.images.router import router as images_router
@@ -17,14 +26,25 @@ from api.review.router import router as review_router
 from api.subcategories.router import router as subcategories_router
 from api.webhooks.router import router as webhooks_router
 from semtag import __version__
+from semtag.bootstrap import build_runtime
 from semtag.settings import Settings, get_settings
 from services import migrate
 from services.images import pipeline
 from services.runtime import Runtime
 from workers.context import set_runtime
-from workers.dispatch import InlineQueue, queue_for
+from workers.queues import InlineQueue
 
 log = logging.getLogger(__name__)
+
+# Swagger UI and ReDoc assets shipped in a package: /docs works offline (no CDN).
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+
+DESCRIPTION = """Scale, category and subcategory metadata for SEM images.
+
+Authorise with an API key (`semtag apikey create --role ingest|read|curator|admin`; the key is the last
+line it prints) as `Authorization: Bearer <key>`: the **Authorize** button below takes it. Every error is
+JSON, `{"error": {"code": "…", "message": "…"}}`, with the status its code implies.
+"""
 
 
 def _embedded_reconciler(rt: Runtime, stop: threading.Event) -> None:
@@ -32,16 +52,49 @@ def _embedded_reconciler(rt: Runtime, stop: threading.Event) -> None:
     while not stop.wait(rt.settings.reconcile_every_s):
         try:
             pipeline.reconcile(rt)
-        except Exception:  # noqa: BLE001
+        except Exception:  # logged; the next round tries again
             log.exception("reconciler failed")
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema, with the job request documented as the union of the registered kinds."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    union = job_request_schema()
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(union.pop("$defs", {}))
+    union["description"] = "a job kind and its params; `GET /v1/admin/job-kinds` lists the kinds"
+    body = schema["paths"]["/v1/admin/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    body["schema"] = union
+    schema["paths"]["/v1/admin/jobs"]["post"].pop("x-semtag-job-request", None)
+    app.openapi_schema = schema
+    return schema
+
+
+def _offline_docs(app: FastAPI) -> None:
+    app.mount("/static/docs", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="semtag — API",
+                                   swagger_js_url="/static/docs/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/docs/swagger-ui.css",
+                                   swagger_favicon_url="/static/docs/favicon.png",
+                                   swagger_ui_parameters={"persistAuthorization": True})
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="semtag — API",
+                              redoc_js_url="/static/docs/redoc.standalone.js",
+                              redoc_favicon_url="/static/docs/favicon.png", with_google_fonts=False)
 
 
 def create_app(settings: Settings | None = None, auto_migrate: bool = True) -> FastAPI:
     settings = settings or get_settings()
-    runtime = Runtime(settings, queue=queue_for(settings))
+    runtime = build_runtime(settings)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if auto_migrate:
             migrate.upgrade(runtime.db_url)
         set_runtime(runtime)
@@ -56,14 +109,16 @@ def create_app(settings: Settings | None = None, auto_migrate: bool = True) -> F
         if isinstance(runtime.queue, InlineQueue):
             runtime.queue.shutdown()
 
-    app = FastAPI(title="semtag", version=__version__, lifespan=lifespan,
-                  description="Scale, category and subcategory metadata for SEM images.")
+    app = FastAPI(title="semtag", version=__version__, lifespan=lifespan, description=DESCRIPTION,
+                  docs_url=None, redoc_url=None)
     app.state.runtime = runtime
     app.add_middleware(MetricsMiddleware)
     errors.install(app)
     for router in (health_router, images_router, review_router, subcategories_router, webhooks_router,
                    admin_router):
         app.include_router(router)
+    _offline_docs(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.archs import MODE_NAMES as MODES
+from services.classify.schemas import MODE_NAMES as MODES
 from services.data.categories import NAMES, SLUGS
 from services.data.datasets import Manifest, load_manifest_or_scan
 from services.errors import BadInput

@@ -6,62 +6,16 @@ died is run again: a finished training (report.json present) is reused, a partia
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from models.archs import ARCH_NAMES, MODE_NAMES
 from services.errors import BadInput
-from services.jobs.params import int_param
-
-_KEYS = {"data", "arch", "mode", "init", "epochs", "fe_epochs", "batch_size", "image_size", "lr", "seed", "int8",
-         "name", "augment"}
+from services.jobs.service import JobContext
 
 
-def validate_training(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(params) - _KEYS
-    if unknown:
-        raise BadInput(f"unknown params for training: {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KEYS))}",
-                       "bad_params")
-    data = params.get("data")
-    if not isinstance(data, str) or not data:
-        raise BadInput("param 'data' is required: a dataset folder (one folder per category) or a manifest "
-                       "on the worker, or \"labels\" for the curators' labels in the database", "bad_params")
-    if data != "labels" and not Path(data).exists():
-        raise BadInput(f"dataset {data} does not exist on this machine", "bad_params")
-    arch = params.get("arch", "inception_v3")
-    if arch not in ARCH_NAMES:
-        raise BadInput(f"param 'arch' must be one of {', '.join(ARCH_NAMES)}", "bad_params")
-    mode = params.get("mode", "scratch")
-    if mode not in MODE_NAMES:
-        raise BadInput(f"param 'mode' must be one of {', '.join(MODE_NAMES)}", "bad_params")
-    init = params.get("init")
-    if mode != "scratch":
-        if not isinstance(init, str) or not Path(init).exists():
-            raise BadInput(f"mode {mode} needs param 'init': an existing checkpoint path on the worker "
-                           f"(got {init!r}); nothing is downloaded", "missing_checkpoint")
-    elif init is not None:
-        raise BadInput("mode scratch takes no 'init'", "bad_params")
-    name = params.get("name", "")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{0,40}", name):
-        raise BadInput("param 'name' must be up to 40 letters, digits, '_', '.', '-'", "bad_params")
-    lr = params.get("lr")
-    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < 1):
-        raise BadInput("param 'lr' must be a number between 0 and 1", "bad_params")
-    for key in ("int8", "augment"):
-        if key in params and not isinstance(params[key], bool):
-            raise BadInput(f"param {key!r} must be true or false", "bad_params")
-    return {"data": data, "arch": arch, "mode": mode, "init": init, "name": name,
-            "epochs": int_param(params, "epochs", 10, 1, 1000),
-            "fe_epochs": int_param(params, "fe_epochs", None, 0, 1000, optional=True),
-            "batch_size": int_param(params, "batch_size", 32, 1, 4096),
-            "image_size": int_param(params, "image_size", None, 32, 1024, optional=True),
-            "seed": int_param(params, "seed", 0, 0, 2**31 - 1), "lr": lr, "int8": params.get("int8", False),
-            "augment": params.get("augment", True)}
-
-
-def run_training(ctx) -> dict[str, Any]:  # noqa: ANN001
+def run_training(ctx: JobContext) -> dict[str, Any]:
+    """The ``training`` job's handler; ``ctx.params`` is a validated :class:`TrainingParams` dump."""
     from services.classify import registry
     from models.export import export_run
     from models.training import TrainConfig, train

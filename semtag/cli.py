@@ -219,7 +219,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
     from services import migrate
-    from services.runtime import Runtime
+    from semtag.bootstrap import build_runtime
     from services.clustering.subcategories import run_clustering
 
     s = _settings()
@@ -229,7 +229,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
               "output": args.output, "within": args.within, "method": args.method, "k": args.k,
               "methods": list(methods), "autoencoder": not args.no_autoencoder, "code_dim": args.code_dim,
               "complete_sample": args.complete_sample, "dp_k": args.dp_k}
-    result = run_clustering(Runtime(s), params, Path(args.out), progress=say)
+    result = run_clustering(build_runtime(s, run_tasks=False), params, Path(args.out), progress=say)
     print(json.dumps(result))
     return 0
 
@@ -341,6 +341,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     import json
 
     from services.classify import registry
+    from services.classify.schemas import ModelRead
     from services import migrate
     from services.db import session_scope
 
@@ -348,7 +349,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     migrate.upgrade(s.effective_database_url)
     with session_scope(s.effective_database_url) as session:
         if args.action == "list":
-            for m in registry.list_models(session):
+            for row in registry.list_models(session):
+                m = ModelRead.model_validate(row).model_dump(mode="json")
                 if args.json:
                     print(json.dumps(m))
                 else:
@@ -366,12 +368,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"registered {row.version} ({row.architecture}); activate it with `semtag models activate "
                   f"{row.version}`")
             return 0
-    from services.runtime import Runtime
-    from workers.dispatch import CeleryQueue
+    from semtag.bootstrap import build_runtime
+    from services.images.pipeline import activate_model
 
-    rt = Runtime(s, queue=CeleryQueue(s.broker_url)) if s.broker_url else Runtime(s)
-    info = registry.activate_and_requeue(rt, args.target, args.reclassify)
-    print(f"active model: {info['version']}; {info['queued_images']} waiting image(s) queued for classification")
+    done = activate_model(build_runtime(s, run_tasks=False), args.target, args.reclassify)
+    print(f"active model: {done.model.version}; {done.queued_images} waiting image(s) queued for classification")
     return 0
 
 
@@ -442,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", default="png", choices=["png", "jpg", "tif"])
     sp.set_defaults(func=cmd_synth)
 
-    from models.archs import ARCH_NAMES, MODE_NAMES
+    from services.classify.schemas import ARCH_NAMES, MODE_NAMES
 
     sp = sub.add_parser("train", help="train a classifier on a labelled folder or a dataset manifest")
     sp.add_argument("--data", required=True, help="one folder per category, or a manifest.json of an earlier run")

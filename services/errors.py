@@ -12,6 +12,8 @@ scikit-learn's do; the service that calls them translates.
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class SemtagError(Exception):
     """Base of every error semtag reports to a caller: ``status`` (HTTP) and ``code``."""
@@ -76,3 +78,15 @@ class Unavailable(SemtagError):
 
     status = 503
     code = "unavailable"
+
+
+def validation_message(exc: ValidationError, prefix: str = "param") -> str:
+    """One readable line per problem: ``param 'epochs': Input should be greater than or equal to 1``."""
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e.get("loc", ()))
+        if e.get("type") == "extra_forbidden":
+            parts.append(f"unknown {prefix} {loc!r}")
+        else:
+            parts.append(f"{prefix} {loc!r}: {e['msg']}" if loc else str(e["msg"]))
+    return "; ".join(parts)

@@ -44,3 +44,5 @@ def make_app() -> Celery:
 
 
 app = make_app()
+
+import workers.tasks  # noqa: E402,F401  (registers the tasks on the app, for workers and the in-process queue)

@@ -15,8 +15,8 @@ def set_runtime(rt: Runtime) -> None:
 def get_runtime() -> Runtime:
     global _runtime
     if _runtime is None:
+        from semtag.bootstrap import build_runtime
         from semtag.settings import get_settings
-        from workers.dispatch import CeleryQueue
 
-        _runtime = Runtime(get_settings(), queue=CeleryQueue())
+        _runtime = build_runtime(get_settings())
     return _runtime

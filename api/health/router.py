@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import text
 
-from api.dependencies import get_runtime
-from services.runtime import Runtime
+from api.dependencies import RuntimeDep
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-def healthz() -> dict:
-    return {"status": "ok"}
+class HealthRead(BaseModel):
+    status: str
 
 
-@router.get("/readyz")
-def readyz(rt: Runtime = Depends(get_runtime)) -> JSONResponse:
+class ReadinessRead(BaseModel):
+    status: str
+    checks: dict[str, str]
+
+
+@router.get("/healthz", response_model=HealthRead)
+def healthz() -> HealthRead:
+    """Liveness: the process answers."""
+    return HealthRead(status="ok")
+
+
+@router.get("/readyz", response_model=ReadinessRead, responses={503: {"model": ReadinessRead}})
+def readyz(rt: RuntimeDep) -> JSONResponse:
+    """Readiness: the database answers and the broker (or the in-process queue) is there; 503 otherwise."""
     checks: dict[str, str] = {}
     try:
         with rt.session() as s:
             s.execute(text("SELECT 1"))
         checks["database"] = "ok"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # any failure means not ready; the type says which
         checks["database"] = f"error: {type(exc).__name__}"
     if rt.settings.embedded_tasks:
         checks["broker"] = "in-process"
@@ -37,13 +48,15 @@ def readyz(rt: Runtime = Depends(get_runtime)) -> JSONResponse:
             client.ping()
             client.close()
             checks["broker"] = "ok"
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # as above
             checks["broker"] = f"error: {type(exc).__name__}"
     ready = all(v in ("ok", "in-process") for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    body = ReadinessRead(status="ready" if ready else "not ready", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
-def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+@router.get("/metrics", response_class=PlainTextResponse, response_model=None,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+def metrics() -> PlainTextResponse:
+    """Prometheus metrics: requests, queue depth, task durations, images by status."""
+    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,33 +1,6 @@
-"""Response shapes of the image endpoints (documented in OpenAPI)."""
+"""The multipart upload's request body, as OpenAPI shows it (the form is parsed by api/uploads.py)."""
 
 from __future__ import annotations
-
-from pydantic import BaseModel
-
-
-class UploadError(BaseModel):
-    code: str
-    message: str
-
-
-class UploadItem(BaseModel):
-    filename: str | None
-    id: int | None = None
-    sha256: str | None = None
-    status: str | None = None
-    duplicate: bool | None = None
-    error: UploadError | None = None
-
-
-class LabelRequest(BaseModel):
-    category: str | int  # a slug, the display name, a dataset folder name or the index 0–9
-
-
-class UploadResponse(BaseModel):
-    items: list[UploadItem]
-    accepted: int
-    rejected: int
-
 
 UPLOAD_OPENAPI = {
     "requestBody": {

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
-from sqlalchemy.orm import Session
+from typing import Annotated
 
-from api.dependencies import Principal, get_session, require
+from fastapi import APIRouter, Depends, Query
+
+from api.dependencies import Principal, SessionDep, require
+from api.errors import AUTH_ERRORS, documented
+from services.curation.schemas import ReviewPage
 from services.curation.service import MAX_PAGE, review_queue
 
 router = APIRouter(prefix="/v1/review", tags=["curation"])
 
 
-@router.get("")
-def list_review(limit: int = Query(50, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0),
-                session: Session = Depends(get_session), _who: Principal = Depends(require("label"))) -> dict:
-    return review_queue(session, limit, offset)
+@router.get("", response_model=ReviewPage, responses=documented(*AUTH_ERRORS, 422))
+def list_review(session: SessionDep, _who: Annotated[Principal, Depends(require("label"))],
+                limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
+                needs_review: Annotated[bool, Query(description="true: predictions that need review (low "
+                                                    "confidence or out of distribution); false: the confident "
+                                                    "ones, for spot checks")] = True) -> ReviewPage:
+    """Active-model predictions with no human label, least confident first."""
+    return review_queue(session, limit, offset, needs_review)

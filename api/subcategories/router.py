@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
-from sqlalchemy.orm import Session
+from typing import Annotated
 
-from api.dependencies import Principal, get_session, require
+from fastapi import APIRouter, Depends, Query
+
+from api.dependencies import Principal, SessionDep, require
+from api.errors import AUTH_ERRORS, documented
+from services.clustering.schemas import SubcategoryDetail, SubcategoryTree
 from services.clustering.subcategories import list_subcategories, subcategory_detail
 
 router = APIRouter(prefix="/v1/subcategories", tags=["subcategories"])
 
+Reader = Annotated[Principal, Depends(require("read"))]
 
-@router.get("")
-def read_tree(parent_category: str | None = None, run_id: int | None = None, session: Session = Depends(get_session),
-              _who: Principal = Depends(require("read"))) -> dict:
+
+@router.get("", response_model=SubcategoryTree, responses=documented(*AUTH_ERRORS, 422))
+def read_tree(session: SessionDep, _who: Reader, parent_category: str | None = None,
+              run_id: int | None = None) -> SubcategoryTree:
+    """The tree of the latest clustering run (or of `run_id`)."""
     return list_subcategories(session, parent_category, run_id)
 
 
-@router.get("/{sub_id}")
-def read_subcategory(sub_id: int, limit: int = Query(50, ge=1, le=500), cursor: int | None = None,
-                     session: Session = Depends(get_session), _who: Principal = Depends(require("read"))) -> dict:
+@router.get("/{sub_id}", response_model=SubcategoryDetail, responses=documented(*AUTH_ERRORS, 404, 422))
+def read_subcategory(sub_id: int, session: SessionDep, _who: Reader,
+                     limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: int | None = None) -> SubcategoryDetail:
+    """One subcategory with a page of its member images."""
     return subcategory_detail(session, sub_id, limit, cursor)

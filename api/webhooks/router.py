@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from api.dependencies import get_runtime
-from api.webhooks.schemas import IngestPayload
+from api.dependencies import RuntimeDep
+from api.errors import documented
+from api.webhooks.schemas import IngestAccepted, IngestPayload
 from services.errors import BadInput, PayloadTooLarge
 from services.images.ingest import ingest_file
 from services.runtime import Runtime
@@ -29,7 +29,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _ingest(rt: Runtime, payload: IngestPayload) -> dict:
+def _ingest(rt: Runtime, payload: IngestPayload) -> IngestAccepted:
     s = rt.settings
     writer: BlobWriter = rt.store.new_writer(s.max_upload_bytes)
     sidecar: BlobWriter | None = None
@@ -44,16 +44,20 @@ def _ingest(rt: Runtime, payload: IngestPayload) -> dict:
             sidecar.close()
         filename = payload.filename or (payload.url.rsplit("/", 1)[-1].split("?")[0] if payload.url else None)
         res = ingest_file(rt, writer, filename, payload.record_id, sidecar)
-        return {"id": res.image_id, "sha256": res.sha256, "filename": res.filename, "status": res.status,
-                "duplicate": res.duplicate, "record_id": payload.record_id}
+        return IngestAccepted(id=res.image_id, sha256=res.sha256, filename=res.filename, status=res.status,
+                              duplicate=res.duplicate, record_id=payload.record_id)
     finally:
         writer.discard()
         if sidecar is not None:
             sidecar.discard()
 
 
-@router.post("/ingest", status_code=202, responses={401: {}, 413: {}, 415: {}, 422: {}})
-async def ingest_webhook(request: Request, rt: Runtime = Depends(get_runtime)) -> JSONResponse:
+@router.post("/ingest", status_code=202, response_model=IngestAccepted,
+             responses=documented(401, 413, 415, 422, 503),
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": IngestPayload.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+async def ingest_webhook(request: Request, rt: RuntimeDep) -> IngestAccepted:
+    """The repository's ingest webhook, HMAC-signed (`X-Semtag-Timestamp`, `X-Semtag-Signature`)."""
     s = rt.settings
     # base64 inflates by 4/3; leave room for the JSON around it
     body = await _read_body(request, s.max_upload_bytes * 4 // 3 + 64 * 1024)
@@ -68,5 +72,4 @@ async def ingest_webhook(request: Request, rt: Runtime = Depends(get_runtime)) -
     except ValidationError as exc:
         msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
         raise BadInput(msg, "invalid_request") from None
-    result = await run_in_threadpool(_ingest, rt, payload)
-    return JSONResponse(result, status_code=202)
+    return await run_in_threadpool(_ingest, rt, payload)

@@ -17,3 +17,12 @@ class IngestPayload(BaseModel):
         if (self.content_base64 is None) == (self.url is None):
             raise ValueError("give exactly one of content_base64 or url")
         return self
+
+
+class IngestAccepted(BaseModel):
+    id: int
+    sha256: str
+    filename: str
+    status: str
+    duplicate: bool = Field(description="the same bytes were already stored; the existing id is returned")
+    record_id: str

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from services.classify.registry import META_KEY
 from services.errors import BadInput
 from services.images.imaging import ImageRejected, load_gray
 from services.images.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, prepare_gray
 
-META_KEY = "semtag"
 WARMUP_BATCHES = (1, 8, 32)
 
 

@@ -1,5 +1,8 @@
 """The model registry: exported ONNX files, their provenance and metrics, and which one is active.
 
+The one place that knows what an exported model carries (:data:`META_KEY`) and which model is
+active (:func:`active`); the engine, the pipeline, the queries and the training code ask here.
+
 A registered file is copied into ``<data_dir>/models/`` under its version name, so the registry
 never points at a run folder that may be moved or deleted. Exactly one model per task is active
 (enforced by a partial unique index as well as by :func:`activate`).
@@ -17,11 +20,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from services.errors import BadInput, NotFound
-from services.classify.inference import META_KEY
-from services.images.pipeline import active_model_in
 from services.storage import sha256_file
 from services.tables import ModelVersion
 
+# The ONNX metadata entry that holds semtag's description of a model (preprocessing, classes, temperature…).
+META_KEY = "semtag"
 
 
 def read_meta(path: Path | str) -> dict[str, Any]:
@@ -86,7 +89,9 @@ def get(session: Session, version: str) -> ModelVersion:
     return row
 
 
-active = active_model_in
+def active(session: Session, task: str = "classification") -> ModelVersion | None:
+    """The one active model of ``task`` (the registry keeps at most one), or None."""
+    return session.scalar(select(ModelVersion).where(ModelVersion.task == task, ModelVersion.active.is_(True)))
 
 
 def activate(session: Session, version: str) -> ModelVersion:
@@ -105,23 +110,5 @@ def activate(session: Session, version: str) -> ModelVersion:
     return row
 
 
-def to_dict(row: ModelVersion) -> dict[str, Any]:
-    return {"id": row.id, "version": row.version, "task": row.task, "architecture": row.architecture,
-            "mode": row.mode, "parent": row.parent, "dataset_manifest_sha256": row.dataset_manifest_sha256,
-            "metrics": row.metrics, "file_path": row.file_path, "file_sha256": row.file_sha256,
-            "active": row.active, "created_at": row.created_at.isoformat() if row.created_at else None}
-
-
-def list_models(session: Session) -> list[dict[str, Any]]:
-    return [to_dict(r) for r in session.scalars(select(ModelVersion).order_by(ModelVersion.id))]
-
-
-def activate_and_requeue(rt, version: str, reclassify: bool = False) -> dict[str, Any]:  # noqa: ANN001
-    """Activate ``version`` and queue the images that waited for a model (and, with ``reclassify``,
-    every image the model has not classified yet)."""
-    from services.images.pipeline import requeue_waiting
-
-    with rt.session() as s:
-        info = to_dict(activate(s, version))
-    info["queued_images"] = requeue_waiting(rt, reclassify)
-    return info
+def list_models(session: Session) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id)))

@@ -20,52 +20,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from services.data.categories import NAMES, SLUGS, index_of
-from services.clustering.analysis import ALL_METHODS, AnalysisConfig, analyse, medoids
-from services.errors import BadInput, NotFound
-from services.images.pipeline import active_model_in
+from services.data.categories import SLUGS, index_of, to_slug
+from services.clustering.analysis import AnalysisConfig, analyse, medoids
+from services.clustering.schemas import (ClusteringParams, SubcategoryDetail, SubcategoryMember, SubcategoryRead,
+                                         SubcategoryTree)
+from services.errors import BadInput, NotFound, validation_message
+from services.jobs.service import JobContext
+from services.classify import registry
 from services.runtime import Runtime
 from services.tables import HumanLabel, Image, ModelVersion, StepState, Subcategory
 
-OUTPUTS = ("logits", "features")
-
-
-def validate_params(params: dict[str, Any]) -> dict[str, Any]:
-    known = {"scale_min_nm", "scale_max_nm", "output", "within", "method", "k", "methods", "autoencoder",
-             "code_dim", "complete_sample", "complete_budget_mb", "dp_k", "ae_epochs"}
-    unknown = set(params) - known
-    if unknown:
-        raise BadInput(f"unknown params for clustering: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}",
-                       "bad_params")
-    p = {"scale_min_nm": params.get("scale_min_nm", 1000.0), "scale_max_nm": params.get("scale_max_nm", 2000.0),
-         "output": params.get("output", "logits"), "within": params.get("within", "category"),
-         "method": params.get("method", "ward"), "k": params.get("k", 5),
-         "methods": list(params.get("methods", ALL_METHODS)), "autoencoder": params.get("autoencoder", True),
-         "code_dim": params.get("code_dim", 10), "complete_sample": params.get("complete_sample"),
-         "complete_budget_mb": params.get("complete_budget_mb", 2048), "dp_k": params.get("dp_k", 30),
-         "ae_epochs": params.get("ae_epochs", 200)}
-    for key in ("scale_min_nm", "scale_max_nm"):
-        v = p[key]
-        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0):
-            raise BadInput(f"param {key!r} must be a positive number of nanometres or null", "bad_params")
-    if p["scale_min_nm"] and p["scale_max_nm"] and p["scale_min_nm"] > p["scale_max_nm"]:
-        raise BadInput("scale_min_nm is above scale_max_nm", "bad_params")
-    if p["output"] not in OUTPUTS:
-        raise BadInput(f"param 'output' must be one of {', '.join(OUTPUTS)}", "bad_params")
-    if p["within"] not in ("category", "all"):
-        raise BadInput("param 'within' must be 'category' or 'all'", "bad_params")
-    if p["method"] not in ALL_METHODS or not set(p["methods"]) <= set(ALL_METHODS) or not p["methods"]:
-        raise BadInput(f"methods must be among {', '.join(ALL_METHODS)}", "bad_params")
-    for key, lo in (("k", 1), ("dp_k", 2), ("ae_epochs", 1), ("complete_budget_mb", 1)):
-        v = p[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise BadInput(f"param {key!r} must be an integer ≥ {lo}", "bad_params")
-    if p["code_dim"] is not None and (not isinstance(p["code_dim"], int) or p["code_dim"] < 1):
-        raise BadInput("param 'code_dim' must be a positive integer or null (use the ID estimate)", "bad_params")
-    return p
+def validate_params(params: dict[str, Any] | ClusteringParams) -> dict[str, Any]:
+    """The run's parameters with every default filled in (raises BadInput with the reasons)."""
+    if isinstance(params, ClusteringParams):
+        return params.model_dump()
+    try:
+        return ClusteringParams.model_validate(params).model_dump()
+    except ValidationError as exc:
+        raise BadInput(f"clustering: {validation_message(exc)}", "bad_params") from None
 
 
 def select_images(session: Session, scale_min_nm: float | None, scale_max_nm: float | None) -> list[tuple]:
@@ -129,7 +105,7 @@ def run_clustering(rt: Runtime, params: dict[str, Any], out_dir: Path, run_id: i
     p = validate_params(params)
     say = progress or (lambda f, m: None)
     with rt.session() as s:
-        model = active_model_in(s)
+        model = registry.active(s)
         if model is None:
             raise BadInput("no active model: features come from the active classifier; activate one first",
                            "no_model")
@@ -151,7 +127,10 @@ def run_clustering(rt: Runtime, params: dict[str, Any], out_dir: Path, run_id: i
     cfg = AnalysisConfig(methods=tuple(p["methods"]), autoencoder=p["autoencoder"], code_dim=p["code_dim"],
                          ae_epochs=p["ae_epochs"], dp_k=p["dp_k"], complete_sample=p["complete_sample"],
                          complete_budget_bytes=p["complete_budget_mb"] * 2**20)
-    report = analyse(X, labels, cfg, out_dir, lambda f, m: say(0.22 + 0.6 * f, m))
+    try:
+        report = analyse(X, labels, cfg, out_dir, lambda f, m: say(0.22 + 0.6 * f, m))
+    except ValueError as exc:  # the estimators refuse data they cannot cluster, as scikit-learn's do
+        raise BadInput(f"clustering {len(ids)} images failed: {exc}", "clustering_failed") from None
     Z = report.pop("_codes")
     models = report.pop("_models")
     say(0.85, f"writing subcategories ({p['method']}, k = {p['k']}, within {p['within']})")
@@ -209,31 +188,24 @@ def write_tree(rt: Runtime, Z: np.ndarray, ids: list[int], cats: dict[int, str |
     return tree
 
 
-def _sub_dict(sc: Subcategory) -> dict[str, Any]:
-    return {"id": sc.id, "name": sc.name, "parent_category": sc.parent_category,
-            "parent_category_name": NAMES.get(sc.parent_category) if sc.parent_category else None,
-            "method": sc.method, "k": sc.k, "index": sc.index, "size": sc.size,
-            "representatives": sc.representatives, "run_id": sc.run_id, "created_at": sc.created_at}
-
-
-def list_subcategories(session: Session, parent_category: str | None = None, run_id: int | None = None) -> dict:
+def list_subcategories(session: Session, parent_category: str | None = None,
+                       run_id: int | None = None) -> SubcategoryTree:
     """The category → subcategory tree (the latest run by default)."""
     if run_id is None:
         run_id = session.scalar(select(func.max(Subcategory.run_id)))
     q = select(Subcategory).order_by(Subcategory.parent_category, Subcategory.index)
     q = q.where(Subcategory.run_id == run_id) if run_id is not None else q
     if parent_category:
-        from services.data.categories import to_slug
-
         q = q.where(Subcategory.parent_category == to_slug(parent_category))
-    subs = [_sub_dict(sc) for sc in session.scalars(q)]
-    tree: dict[str, list] = {}
+    subs = list(session.scalars(q))
+    tree: dict[str, list[int]] = {}
     for sc in subs:
-        tree.setdefault(sc["parent_category"] or "none", []).append(sc["id"])
-    return {"run_id": run_id, "subcategories": subs, "tree": tree, "categories": SLUGS}
+        tree.setdefault(sc.parent_category or "none", []).append(sc.id)
+    return SubcategoryTree(run_id=run_id, subcategories=[SubcategoryRead.model_validate(sc) for sc in subs],
+                           tree=tree, categories=list(SLUGS))
 
 
-def subcategory_detail(session: Session, sub_id: int, limit: int = 50, cursor: int | None = None) -> dict:
+def subcategory_detail(session: Session, sub_id: int, limit: int = 50, cursor: int | None = None) -> SubcategoryDetail:
     sc = session.get(Subcategory, sub_id)
     if sc is None:
         raise NotFound(f"subcategory {sub_id} not found")
@@ -244,5 +216,12 @@ def subcategory_detail(session: Session, sub_id: int, limit: int = 50, cursor: i
     if cursor is not None:
         q = q.where(Image.id > cursor)
     rows = session.execute(q).all()
-    items = [{"id": i, "filename": f, "category": c, "pixel_size_nm": px} for i, f, c, px in rows[:limit]]
-    return {**_sub_dict(sc), "members": items, "next_cursor": items[-1]["id"] if len(rows) > limit else None}
+    members = [SubcategoryMember(id=i, filename=f, category=c, pixel_size_nm=px) for i, f, c, px in rows[:limit]]
+    return SubcategoryDetail(**SubcategoryRead.model_validate(sc).model_dump(exclude={"parent_category_name"}),
+                             members=members, next_cursor=members[-1].id if len(rows) > limit else None)
+
+
+def clustering_job(ctx: JobContext) -> dict[str, Any]:
+    """The ``clustering`` job's handler: a run whose report stays under ``<data_dir>/clustering/job-N``."""
+    out = ctx.rt.settings.data_dir / "clustering" / f"job-{ctx.job_id}"
+    return run_clustering(ctx.rt, ctx.params, out, run_id=ctx.job_id, progress=ctx.progress)

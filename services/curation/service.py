@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import and_, desc, func, select
 from sqlalchemy.orm import Session
 
-from services.data.categories import NAMES, to_slug
+from services.curation.schemas import LabelRead, LabelRemoved, ReviewItem, ReviewPage
+from services.data.categories import to_slug
 from services.errors import BadInput, NotFound
-from services.images.pipeline import active_model_in
+from services.classify import registry
 from services.tables import HumanLabel, Image, Prediction, utcnow
 
 MAX_PAGE = 500
 
 
-def set_label(session: Session, image_id: int, category: str | int, labelled_by: str) -> dict[str, Any]:
+def set_label(session: Session, image_id: int, category: str | int, labelled_by: str) -> HumanLabel:
     """Store a human label; it becomes the image's searchable category (source ``human``)."""
     img = session.get(Image, image_id)
     if img is None:
@@ -25,39 +24,64 @@ def set_label(session: Session, image_id: int, category: str | int, labelled_by:
     session.add(row)
     img.category, img.category_source, img.confidence = slug, "human", None
     session.flush()
-    return {"image_id": image_id, "category": slug, "category_name": NAMES[slug], "labelled_by": labelled_by,
-            "created_at": row.created_at}
+    return row
 
 
-def predictions_of(session: Session, image_id: int) -> list[dict[str, Any]]:
+def remove_label(session: Session, image_id: int) -> LabelRemoved:
+    """Undo the image's current human label: an earlier label, else the active model's prediction, takes over."""
+    img = session.get(Image, image_id)
+    if img is None:
+        raise NotFound(f"image {image_id} not found")
+    labels = list(session.scalars(select(HumanLabel).where(HumanLabel.image_id == image_id)
+                                  .order_by(desc(HumanLabel.id)).limit(2)))
+    if not labels:
+        raise NotFound(f"image {image_id} has no human label", "no_label")
+    removed = LabelRead.model_validate(labels[0])
+    session.delete(labels[0])
+    if len(labels) > 1:
+        img.category, img.category_source, img.confidence = labels[1].category, "human", None
+    else:
+        model = registry.active(session)
+        pred = None if model is None else session.scalar(
+            select(Prediction).where(Prediction.image_id == image_id, Prediction.model_version == model.version))
+        if pred is None:
+            img.category, img.category_source, img.confidence = None, None, None
+        else:
+            img.category, img.category_source, img.confidence = pred.category, "model", pred.confidence
+    img.updated_at = utcnow()
+    session.flush()
+    return LabelRemoved(image_id=image_id, removed=removed, category=img.category,
+                        category_source=img.category_source)
+
+
+def predictions_of(session: Session, image_id: int) -> list[Prediction]:
     if session.get(Image, image_id) is None:
         raise NotFound(f"image {image_id} not found")
-    rows = session.scalars(select(Prediction).where(Prediction.image_id == image_id).order_by(desc(Prediction.id)))
-    from services.images.queries import _prediction_dict
-
-    return [_prediction_dict(p) for p in rows]
+    return list(session.scalars(select(Prediction).where(Prediction.image_id == image_id)
+                                .order_by(desc(Prediction.id))))
 
 
-def review_queue(session: Session, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-    """Images whose active-model prediction needs review and that no human labelled, least confident first."""
+def review_queue(session: Session, limit: int = 50, offset: int = 0, needs_review: bool = True) -> ReviewPage:
+    """Images whose active-model prediction needs review (or, with ``needs_review=False``, is confident)
+    and that no human labelled, least confident first."""
     if not 1 <= limit <= MAX_PAGE or offset < 0:
         raise BadInput(f"limit must be 1–{MAX_PAGE} and offset ≥ 0", "bad_params")
-    model = active_model_in(session)
+    model = registry.active(session)
     if model is None:
-        return {"model_version": None, "total": 0, "items": []}
+        return ReviewPage(model_version=None, total=0, items=[], limit=limit, offset=offset)
     active = model.version
     labelled = select(HumanLabel.image_id)
-    cond = and_(Prediction.model_version == active, Prediction.needs_review.is_(True),
+    cond = and_(Prediction.model_version == active, Prediction.needs_review.is_(needs_review),
                 Prediction.image_id.not_in(labelled))
-    total = session.scalar(select(func.count()).select_from(Prediction).where(cond))
+    total = session.scalar(select(func.count()).select_from(Prediction).where(cond)) or 0
     rows = session.execute(
         select(Prediction, Image.filename, Image.record_id).join(Image, Image.id == Prediction.image_id)
         .where(cond).order_by(Prediction.confidence, Prediction.id).limit(limit).offset(offset)
     ).all()
-    items = [{"image_id": p.image_id, "filename": fn, "record_id": rec, "category": p.category,
-              "confidence": p.confidence, "margin": p.margin, "ood_score": p.ood_score} for p, fn, rec in rows]
-    return {"model_version": active, "total": total, "items": items, "limit": limit, "offset": offset,
-            "next_offset": offset + limit if offset + limit < total else None}
+    items = [ReviewItem(image_id=p.image_id, filename=fn, record_id=rec, category=p.category,
+                        confidence=p.confidence, margin=p.margin, ood_score=p.ood_score) for p, fn, rec in rows]
+    return ReviewPage(model_version=active, total=total, items=items, limit=limit, offset=offset,
+                      next_offset=offset + limit if offset + limit < total else None)
 
 
-__all__ = ["set_label", "predictions_of", "review_queue"]
+__all__ = ["set_label", "remove_label", "predictions_of", "review_queue"]

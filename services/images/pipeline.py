@@ -7,12 +7,14 @@ task, the reconciler) writes its rows once.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services.classify import registry
 from services.images.imaging import ImageRejected, load_gray
 from services.images.ingest import enqueue_processing
 from services.runtime import TASK_CLASSIFY, TASK_READ_SCALE, Runtime
@@ -87,14 +89,9 @@ def read_scale(rt: Runtime, image_id: int) -> str:
     return result.source
 
 
-def active_model_in(session: Session, task: str = "classification") -> ModelVersion | None:
-    """The one active model of ``task`` (the registry keeps at most one), or None."""
-    return session.scalar(select(ModelVersion).where(ModelVersion.task == task, ModelVersion.active.is_(True)))
-
-
 def active_model(rt: Runtime, task: str = "classification") -> ModelVersion | None:
     with rt.session() as s:
-        return active_model_in(s, task)
+        return registry.active(s, task)
 
 
 def classify(rt: Runtime, image_id: int) -> str:
@@ -237,3 +234,17 @@ def requeue_waiting(rt: Runtime, reclassify: bool = False) -> int:
     for image_id in ids:
         enqueue_processing(rt, image_id, (TASK_CLASSIFY,))
     return len(ids)
+
+
+@dataclass
+class Activation:
+    model: ModelVersion
+    queued_images: int
+
+
+def activate_model(rt: Runtime, version: str, reclassify: bool = False) -> Activation:
+    """Activate ``version`` and queue the images that waited for a model (and, with ``reclassify``,
+    every image the model has not classified yet)."""
+    with rt.session() as s:
+        model = registry.activate(s, version)
+    return Activation(model, requeue_waiting(rt, reclassify))

@@ -11,43 +11,24 @@ from typing import Any
 from sqlalchemy import desc, func, select
 from sqlalchemy.orm import Session
 
-from services.data.categories import NAMES, SLUGS, to_slug
+from services.data.categories import to_slug
 from services.errors import BadInput, NotFound
-from services.scale.units import bin_edges_nm, parse_length, scale_bin, to_nm
-from services.images.pipeline import active_model_in
+from services.scale.units import bin_edges_nm, parse_length, to_nm
+from services.classify import registry
+from services.images.schemas import ImageDetail
 from services.tables import HumanLabel, Image, ImageStatus, Prediction, ScaleReading, Subcategory
 
 MAX_PAGE = 500
 
 
-def _scale_dict(r: ScaleReading | None) -> dict[str, Any] | None:
-    if r is None:
-        return None
-    return {
-        "source": r.source, "scale_value": r.scale_value, "scale_unit": r.scale_unit, "bar_px": r.bar_px,
-        "pixel_size_nm": r.pixel_size_nm, "confidence": r.confidence, "fields": r.fields,
-        "databar_box": r.databar_box, "detail": r.detail, "reason": r.reason,
-    }
-
-
-def _prediction_dict(p: Prediction | None) -> dict[str, Any] | None:
-    if p is None:
-        return None
-    return {
-        "category": p.category, "category_name": NAMES.get(p.category), "category_index": p.category_index,
-        "probabilities": dict(zip(SLUGS, p.probabilities)), "confidence": p.confidence, "margin": p.margin,
-        "needs_review": p.needs_review, "ood_score": p.ood_score, "model_version": p.model_version,
-        "created_at": p.created_at,
-    }
-
-
-def image_detail(session: Session, image_id: int) -> dict[str, Any]:
+def image_detail(session: Session, image_id: int) -> ImageDetail:
+    """The image's row with its scale reading, the prediction it shows, its latest label and subcategory."""
     img = session.get(Image, image_id)
     if img is None:
         raise NotFound(f"image {image_id} not found")
     scale = session.scalar(select(ScaleReading).where(ScaleReading.image_id == image_id))
     # The active model's prediction when there is one, else the latest of any model.
-    active = active_model_in(session)
+    active = registry.active(session)
     pred = None
     if active is not None:
         pred = session.scalar(select(Prediction).where(Prediction.image_id == image_id,
@@ -60,26 +41,7 @@ def image_detail(session: Session, image_id: int) -> dict[str, Any]:
         select(HumanLabel).where(HumanLabel.image_id == image_id).order_by(desc(HumanLabel.id)).limit(1)
     )
     sub = session.get(Subcategory, img.subcategory_id) if img.subcategory_id else None
-    return {
-        "id": img.id, "sha256": img.sha256, "filename": img.filename, "record_id": img.record_id,
-        "bytes": img.bytes, "width": img.width, "height": img.height, "format": img.format,
-        "bit_depth": img.bit_depth, "pages": img.pages, "mode": img.mode,
-        "status": img.status, "error": img.error,
-        "steps": {"scale": img.scale_state, "classification": img.inference_state},
-        "pixel_size_nm": img.pixel_size_nm,
-        "scale_nm": img.scale_nm,
-        "scale_bin": scale_bin(img.scale_nm),
-        "scale": _scale_dict(scale),
-        "category": img.category, "category_name": NAMES.get(img.category) if img.category else None,
-        "category_source": img.category_source, "confidence": img.confidence,
-        "classification": _prediction_dict(pred),
-        "model_version": pred.model_version if pred else None,
-        "human_label": None if label is None else {
-            "category": label.category, "labelled_by": label.labelled_by, "created_at": label.created_at},
-        "subcategory": None if sub is None else {
-            "id": sub.id, "name": sub.name, "parent_category": sub.parent_category, "method": sub.method, "k": sub.k},
-        "created_at": img.created_at, "updated_at": img.updated_at,
-    }
+    return ImageDetail(img, scale, pred, label, sub)
 
 
 @dataclass
@@ -166,16 +128,15 @@ def decode_cursor(cursor: str) -> int:
         raise BadInput("cursor is not valid; use the next_cursor of a previous page", "bad_cursor") from None
 
 
-def image_summary(img: Image) -> dict[str, Any]:
-    return {
-        "id": img.id, "filename": img.filename, "record_id": img.record_id, "status": img.status,
-        "category": img.category, "category_source": img.category_source, "confidence": img.confidence,
-        "pixel_size_nm": img.pixel_size_nm, "scale_nm": img.scale_nm, "scale_bin": scale_bin(img.scale_nm),
-        "subcategory_id": img.subcategory_id, "created_at": img.created_at,
-    }
+@dataclass
+class Page:
+    """One page of a keyset-paginated query."""
+
+    items: list[Any]
+    next_cursor: str | None
 
 
-def list_images(session: Session, flt: ImageFilter, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+def list_images(session: Session, flt: ImageFilter, limit: int = 50, cursor: str | None = None) -> Page:
     """Keyset pagination by ascending id: stable while images are added."""
     if not 1 <= limit <= MAX_PAGE:
         raise BadInput(f"limit must be between 1 and {MAX_PAGE}", "bad_limit")
@@ -185,10 +146,7 @@ def list_images(session: Session, flt: ImageFilter, limit: int = 50, cursor: str
     rows = session.scalars(stmt.order_by(Image.id).limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    return {
-        "items": [image_summary(r) for r in rows],
-        "next_cursor": encode_cursor(rows[-1].id) if more and rows else None,
-    }
+    return Page(list(rows), encode_cursor(rows[-1].id) if more and rows else None)
 
 
 def count_by_status(session: Session) -> dict[str, int]:

@@ -1,26 +1,50 @@
 """Admin batch jobs: a row per job, run on the batch queue, with progress, result and error.
 
-A job kind is a function ``handler(ctx) -> dict`` registered in :data:`JOB_KINDS` with a
-parameter validator. Running a job is idempotent: a finished job is not run again; a job
-whose worker died is run again from the start (``attempts`` counts the runs).
+A job kind is a function ``handler(ctx) -> dict`` with a pydantic model of its parameters,
+registered with :func:`register_job_kind` by the start-up code (``semtag.bootstrap``), so this
+module knows no kind but the built-in ``selftest``. Running a job is idempotent: a finished or
+cancelled job is not run again; a job whose worker died is run again from the start
+(``attempts`` counts the runs). A user error (a :class:`~services.errors.SemtagError`) is recorded
+as its message; anything else is recorded as an internal error, its traceback in the worker log.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select, text
 
-from services.errors import BadInput, NotFound
-from services.jobs.params import float_param, int_param
+from services.errors import BadInput, Conflict, NotFound, SemtagError, validation_message
+from services.jobs.schemas import SelftestParams
 from services.runtime import TASK_RUN_JOB, Runtime
 from services.tables import Job, JobStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+FINAL = (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value)
+# Codes a parameter model may raise itself (PydanticCustomError); anything else is bad_params.
+PARAM_CODES = {"missing_checkpoint"}
+
+
+class BadParams(BadInput):
+    code = "bad_params"
+
+
+class UnknownJobKind(BadInput):
+    code = "unknown_job_kind"
+
+
+class JobCancelled(SemtagError):
+    """Raised inside a running job at its next progress report once an admin cancelled it."""
+
+    code = "cancelled"
 
 
 @dataclass
@@ -30,8 +54,11 @@ class JobContext:
     params: dict[str, Any]
 
     def progress(self, fraction: float, message: str | None = None) -> None:
+        """Record progress; raises :class:`JobCancelled` when the job was cancelled meanwhile."""
         with self.rt.session() as s:
             job = s.get(Job, self.job_id)
+            if job.status == JobStatus.cancelled.value:
+                raise JobCancelled(f"job {self.job_id} was cancelled")
             job.progress = max(0.0, min(1.0, float(fraction)))
             if message is not None:
                 job.message = message
@@ -40,23 +67,16 @@ class JobContext:
 @dataclass(frozen=True)
 class JobKind:
     handler: Callable[[JobContext], dict[str, Any]]
-    validate: Callable[[dict[str, Any]], dict[str, Any]]
+    params: type[BaseModel]
     description: str
 
 
 JOB_KINDS: dict[str, JobKind] = {}
 
 
-def register_job_kind(name: str, handler, validate, description: str) -> None:  # noqa: ANN001
-    JOB_KINDS[name] = JobKind(handler, validate, description)
-
-
-def _validate_selftest(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(params) - {"steps", "step_seconds"}
-    if unknown:
-        raise BadInput(f"unknown params for selftest: {', '.join(sorted(unknown))}", "bad_params")
-    return {"steps": int_param(params, "steps", 5, 1, 1000),
-            "step_seconds": float_param(params, "step_seconds", 0.1, 0.0, 10.0)}
+def register_job_kind(name: str, handler: Callable[[JobContext], dict[str, Any]], params: type[BaseModel],
+                      description: str) -> None:
+    JOB_KINDS[name] = JobKind(handler, params, description)
 
 
 def _selftest(ctx: JobContext) -> dict[str, Any]:
@@ -73,73 +93,76 @@ def _selftest(ctx: JobContext) -> dict[str, Any]:
     return {"steps": steps, "host": socket.gethostname(), "pid": os.getpid(), "database": "ok", "blob_store": "ok"}
 
 
-register_job_kind("selftest", _selftest, _validate_selftest,
+register_job_kind("selftest", _selftest, SelftestParams,
                   "checks a batch worker end to end (database, blob store, progress reporting)")
 
 
-def _register_model_jobs() -> None:
-    # The handlers import TensorFlow only when a job runs; validation is light enough for the API.
-    from models.training_job import run_training, validate_training
-
-    register_job_kind("training", run_training, validate_training,
-                      "trains a classifier (params: data, arch, mode, init, epochs, batch_size, image_size, int8), "
-                      "exports it to ONNX with a parity check and registers it (activation is separate)")
-
-
-_register_model_jobs()
-
-
-def _clustering(ctx: JobContext) -> dict[str, Any]:
-    from services.clustering.subcategories import run_clustering
-
-    out = ctx.rt.settings.data_dir / "clustering" / f"job-{ctx.job_id}"
-    return run_clustering(ctx.rt, ctx.params, out, run_id=ctx.job_id, progress=ctx.progress)
-
-
-def _validate_clustering(params: dict[str, Any]) -> dict[str, Any]:
-    from services.clustering.subcategories import validate_params
-
-    return validate_params(params)
-
-
-register_job_kind("clustering", _clustering, _validate_clustering,
-                  "discovers subcategories: features of the active model for images in a scale range (default "
-                  "1–2 µm), 2-NN ID, autoencoder, five hierarchical clusterings scored by NMI, a category → "
-                  "subcategory tree written to the database, and an HTML report")
-
-
-def create_job(rt: Runtime, kind: str, params: dict[str, Any] | None, created_by: str | None = None) -> int:
+def validate_params(kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """The kind's parameters, validated and with every default filled in (JSON-ready)."""
     if kind not in JOB_KINDS:
-        raise BadInput(
-            f"unknown job kind {kind!r}; available: {', '.join(sorted(JOB_KINDS))}", "unknown_job_kind"
-        )
+        raise UnknownJobKind(f"unknown job kind {kind!r}; available: {', '.join(sorted(JOB_KINDS))}")
     if params is not None and not isinstance(params, dict):
-        raise BadInput("params must be a JSON object", "bad_params")
-    clean = JOB_KINDS[kind].validate(params or {})
+        raise BadParams("params must be a JSON object")
+    model = JOB_KINDS[kind].params
+    try:
+        clean = model.model_validate(params or {})
+    except ValidationError as exc:
+        codes = {e["type"] for e in exc.errors()} & PARAM_CODES
+        raise BadParams(f"{kind}: {validation_message(exc)}", codes.pop() if codes else None) from None
+    return clean.model_dump(mode="json")
+
+
+def create_job(rt: Runtime, kind: str, params: dict[str, Any] | None, created_by: str | None = None) -> Job:
+    clean = validate_params(kind, params)
     with rt.session() as s:
         job = Job(kind=kind, params=clean, status=JobStatus.queued.value, created_by=created_by)
         s.add(job)
         s.flush()
-        job_id = job.id
-    rt.queue.enqueue(TASK_RUN_JOB, job_id)
-    return job_id
+    rt.queue.enqueue(TASK_RUN_JOB, job.id)
+    return job
 
 
-def get_job(rt: Runtime, job_id: int) -> dict[str, Any]:
+def get_job(rt: Runtime, job_id: int) -> Job:
     with rt.session() as s:
         job = s.get(Job, job_id)
         if job is None:
             raise NotFound(f"job {job_id} not found")
-        return job_to_dict(job)
+        return job
 
 
-def job_to_dict(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id, "kind": job.kind, "status": job.status, "progress": job.progress,
-        "message": job.message, "params": job.params, "result": job.result, "error": job.error,
-        "attempts": job.attempts, "created_by": job.created_by, "created_at": job.created_at,
-        "started_at": job.started_at, "finished_at": job.finished_at,
-    }
+def list_jobs(rt: Runtime, status: str | None = None, kind: str | None = None, limit: int = 50,
+              cursor: int | None = None) -> tuple[list[Job], int | None]:
+    """Jobs newest first, optionally of one status or kind; keyset-paginated by id."""
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise BadInput(f"status must be one of {', '.join(s.value for s in JobStatus)}", "bad_filter")
+    q = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if status is not None:
+        q = q.where(Job.status == status)
+    if kind is not None:
+        q = q.where(Job.kind == kind)
+    if cursor is not None:
+        q = q.where(Job.id < cursor)
+    with rt.session() as s:
+        rows = list(s.scalars(q))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].id if more and rows else None)
+
+
+def cancel_job(rt: Runtime, job_id: int) -> Job:
+    """Cancel a queued or running job. A queued one never starts; a running one stops at its next
+    progress report (what it wrote so far stays). A finished job cannot be cancelled (409)."""
+    with rt.session() as s:
+        job = s.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        if job.status in FINAL:
+            raise Conflict(f"job {job_id} has already {job.status}; only queued or running jobs can be cancelled",
+                           "job_finished")
+        job.status = JobStatus.cancelled.value
+        job.finished_at = utcnow()
+        job.message = "cancelled"
+        return job
 
 
 def run_job(rt: Runtime, job_id: int) -> str:
@@ -147,7 +170,7 @@ def run_job(rt: Runtime, job_id: int) -> str:
         job = s.get(Job, job_id)
         if job is None:
             return "missing"
-        if job.status in (JobStatus.succeeded.value, JobStatus.failed.value):
+        if job.status in FINAL:
             return job.status
         job.status = JobStatus.running.value
         job.attempts += 1
@@ -157,18 +180,29 @@ def run_job(rt: Runtime, job_id: int) -> str:
     ctx = JobContext(rt, job_id, params)
     try:
         if kind not in JOB_KINDS:
-            raise BadInput(f"job kind {kind!r} is not available in this worker", "unknown_job_kind")
+            raise UnknownJobKind(f"job kind {kind!r} is not available in this worker")
         result = JOB_KINDS[kind].handler(ctx)
+    except JobCancelled:
+        return JobStatus.cancelled.value
     except Exception as exc:  # recorded on the row: the job failed, the worker goes on
+        if isinstance(exc, SemtagError):
+            error = exc.message
+        else:
+            log.exception("job %s (%s) failed", job_id, kind)
+            error = f"internal error: {type(exc).__name__}: {exc} (the traceback is in the worker's log)"
         with rt.session() as s:
             job = s.get(Job, job_id)
+            if job.status == JobStatus.cancelled.value:
+                return job.status
             job.status = JobStatus.failed.value
-            job.error = f"{type(exc).__name__}: {exc}"
-            job.result = {"traceback": traceback.format_exc(limit=5)}
+            job.error = error
+            job.result = None
             job.finished_at = utcnow()
         return JobStatus.failed.value
     with rt.session() as s:
         job = s.get(Job, job_id)
+        if job.status == JobStatus.cancelled.value:
+            return job.status
         job.status = JobStatus.succeeded.value
         job.result = result
         job.progress = 1.0

@@ -129,13 +129,14 @@ def test_job_bad_requests(client):
 
 
 def test_failing_job_records_its_error(sqlite_client):
+    from services.jobs.schemas import NoParams
     from services.jobs.service import JOB_KINDS, register_job_kind
 
     def boom(ctx):  # noqa: ANN001, ANN202
         ctx.progress(0.5, "half way")
         raise RuntimeError("the furnace is cold")
 
-    register_job_kind("boom", boom, lambda p: p, "fails on purpose")
+    register_job_kind("boom", boom, NoParams, "fails on purpose")
     try:
         r = sqlite_client.http.post("/v1/admin/jobs", json={"kind": "boom"}, headers=sqlite_client.auth("admin"))
         sqlite_client.wait()

@@ -51,7 +51,7 @@ def _register(rt: Runtime, onnx_path: Path, activate: bool = True) -> str:
         row = registry.register(s, onnx_path, rt.settings.data_dir / "models")
         version = row.version
     if activate:
-        registry.activate_and_requeue(rt, version)
+        pipeline.activate_model(rt, version)
     return version
 
 
@@ -148,16 +148,16 @@ def test_new_model_adds_rows_and_history_stays(sqlite_settings, alexnet_onnx: Pa
     ids = [_stored(rt, _png(c, 50 + c), f"{c}.png") for c in range(2)]
     pipeline.classify_batch(rt, ids)
     v2 = _register(rt, _renamed_copy(alexnet_onnx, "second", tmp_path), activate=False)
-    info = registry.activate_and_requeue(rt, v2, reclassify=True)
-    assert info["queued_images"] == 2
+    info = pipeline.activate_model(rt, v2, reclassify=True)
+    assert info.queued_images == 2
     pipeline.classify_batch(rt, ids)
     from services.curation.service import predictions_of
     from services.images.queries import image_detail
 
     with rt.session() as s:
         history = predictions_of(s, ids[0])
-        assert [h["model_version"] for h in history] == [v2, v1]
-        assert image_detail(s, ids[0])["classification"]["model_version"] == v2
+        assert [h.model_version for h in history] == [v2, v1]
+        assert image_detail(s, ids[0]).prediction.model_version == v2
 
 
 def test_labels_review_queue_and_predictions_api(sqlite_settings, alexnet_onnx: Path) -> None:  # noqa: ANN001
@@ -244,7 +244,7 @@ def test_activation_during_a_batch_does_not_mix_versions(sqlite_settings, alexne
     def activating_midway(self, paths, batch_size=32, threads=None):  # noqa: ANN001, ANN202
         for n, item in enumerate(real(self, paths, batch_size=1)):
             if n == 1:
-                registry.activate_and_requeue(rt, v2)  # an admin activates another model mid-batch
+                pipeline.activate_model(rt, v2)  # an admin activates another model mid-batch
             yield item
 
     monkeypatch.setattr(inference.Engine, "classify_paths", activating_midway)

@@ -1,10 +1,15 @@
-"""Task queues: Celery on Redis, or in-process execution of the very same Celery tasks."""
+"""Task queues: Celery on Redis, or in-process execution of the very same Celery tasks.
+
+Both take the Celery app (``workers.app``, which registers ``workers.tasks``) when they are
+made, so nothing here imports the tasks at run time.
+"""
 
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from semtag.settings import Settings
 from services.runtime import TASK_QUEUES
 
 log = logging.getLogger(__name__)
@@ -40,18 +45,17 @@ class InlineQueue:
     """
 
     def __init__(self, threads: int = 1):
+        from workers.app import app
+
+        self.app = app
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="semtag-task")
 
     def enqueue(self, task: str, *args: int) -> None:
         self._pool.submit(self._run, task, args)
 
-    @staticmethod
-    def _run(task: str, args: tuple[int, ...]) -> None:
-        import workers.tasks  # noqa: F401  (registers the tasks)
-        from workers.app import app
-
+    def _run(self, task: str, args: tuple[int, ...]) -> None:
         try:
-            app.tasks[task].apply(args=list(args), throw=False)
+            self.app.tasks[task].apply(args=list(args), throw=False)
         except Exception:  # keep the pool alive; the task recorded its own failure
             log.exception("in-process task %s%s crashed", task, args)
 
@@ -70,5 +74,5 @@ class InlineQueue:
         self._pool.shutdown(wait=True, cancel_futures=False)
 
 
-def queue_for(settings) -> CeleryQueue | InlineQueue:  # noqa: ANN001
+def queue_for(settings: Settings) -> CeleryQueue | InlineQueue:
     return InlineQueue() if settings.embedded_tasks else CeleryQueue(settings.broker_url)

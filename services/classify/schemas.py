@@ -1,0 +1,84 @@
+"""The classification domain's contracts: registered models, activation, training-job parameters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+# Importable without TensorFlow (the CLI, the API's validation); models/architectures builds them.
+ARCH_NAMES = ("alexnet", "inception_v3", "inception_v4", "inception_resnet_v2")
+MODE_NAMES = ("scratch", "feature-extraction", "fine-tuning", "fe+ft")
+Arch = Literal["alexnet", "inception_v3", "inception_v4", "inception_resnet_v2"]
+Mode = Literal["scratch", "feature-extraction", "fine-tuning", "fe+ft"]
+
+
+class ModelRead(BaseModel):
+    """A registered ONNX model: provenance, metrics, file, and whether it is the active one."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    version: str
+    task: str
+    architecture: str
+    mode: str | None = None
+    parent: str | None = None
+    dataset_manifest_sha256: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    file_path: str
+    file_sha256: str
+    active: bool
+    created_at: datetime | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelRead]
+
+
+class ActivationRead(ModelRead):
+    queued_images: int = Field(description="images queued for classification by the newly active model")
+
+
+class TrainingParams(BaseModel):
+    """Parameters of the ``training`` job: dataset → training → ONNX export (+ INT8) → registry."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"data": "/data/SEM_dataset", "arch": "inception_v3", "mode": "fine-tuning",
+         "init": "/weights/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "epochs": 30,
+         "batch_size": 64, "image_size": 299, "int8": True}]})
+
+    data: str = Field(min_length=1, description="a dataset folder (one folder per category) or a manifest on "
+                                                "the worker, or \"labels\" for the curators' labels in the database")
+    arch: Arch = "inception_v3"
+    mode: Mode = "scratch"
+    init: str | None = Field(None, description="checkpoint path on the worker: ImageNet weights (no top) or a run")
+    name: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,40}$", description="suffix of the run folder")
+    epochs: int = Field(10, ge=1, le=1000)
+    fe_epochs: int | None = Field(None, ge=0, le=1000, description="fe+ft: epochs of feature extraction first")
+    batch_size: int = Field(32, ge=1, le=4096)
+    image_size: int | None = Field(None, ge=32, le=1024, description="input side (default 299; 227 for AlexNet)")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    lr: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
+    int8: bool = False
+    augment: bool = True
+
+    @field_validator("data")
+    @classmethod
+    def _data_exists(cls, v: str) -> str:
+        if v != "labels" and not Path(v).exists():
+            raise ValueError(f"dataset {v} does not exist on this machine")
+        return v
+
+    @model_validator(mode="after")
+    def _checkpoint(self) -> TrainingParams:
+        if self.mode != "scratch" and (self.init is None or not Path(self.init).exists()):
+            raise PydanticCustomError(
+                "missing_checkpoint", "mode {mode} needs param 'init': an existing checkpoint path on the worker "
+                "(got {init}); nothing is downloaded", {"mode": self.mode, "init": repr(self.init)})
+        if self.mode == "scratch" and self.init is not None:
+            raise ValueError("mode scratch takes no 'init'")
+        return self
