@@ -63,7 +63,9 @@ def require(permission: str) -> Callable[..., Principal]:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", headers=BEARER_CHALLENGE)
         key = auth.authenticate(session, credentials.credentials.strip())
         if key is None:
-            raise Unauthorized("API key is not valid or has been revoked", headers=BEARER_CHALLENGE)
+            raise Unauthorized("API key is not valid or has been revoked (keys live in the service's database: "
+                               "create them with the service's SEMTAG_DATA_DIR / SEMTAG_DATABASE_URL)",
+                               headers=BEARER_CHALLENGE)
         principal = Principal(key.id, key.name, key.role)
         session.commit()  # end the read-only transaction; the route's own work starts a new one
         if not auth.allows(principal.role, permission):

@@ -67,6 +67,14 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     body = schema["paths"]["/v1/admin/jobs"]["post"]["requestBody"]["content"]["application/json"]
     body["schema"] = union
     schema["paths"]["/v1/admin/jobs"]["post"].pop("x-semtag-job-request", None)
+    # Request validation errors leave in the error envelope too (api/errors.py), not FastAPI's default shape.
+    for ops in schema["paths"].values():
+        for op in ops.values():
+            if "422" in op.get("responses", {}):
+                op["responses"]["422"] = {"description": "invalid parameters or content", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorRead"}}}}
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(name, None)
     app.openapi_schema = schema
     return schema
 

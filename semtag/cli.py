@@ -13,6 +13,14 @@ def _settings():  # noqa: ANN202
     return get_settings()
 
 
+def _where(s) -> str:  # noqa: ANN001
+    """The database a command uses, as a person reads it (a path for SQLite, the URL without password)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(s.effective_database_url)
+    return url.database if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -86,6 +94,10 @@ def cmd_apikey(args: argparse.Namespace) -> int:
             row, key = auth.create_key(s, args.role, args.name)
             print(f"created API key {row.id} ({row.prefix}…) with role {row.role}; it is shown only once:")
             print(key, flush=True)
+            # A key works only against the database it was written to: say which, so that a key made
+            # from another folder (another ./var) is not a mystery 401.
+            print(f"semtag: key stored in {_where(_settings())}; the service must run with the same "
+                  "SEMTAG_DATA_DIR / SEMTAG_DATABASE_URL", file=sys.stderr)
         elif args.action == "revoke":
             if not auth.revoke_key(s, args.id):
                 print(f"no API key {args.id}", file=sys.stderr)
