@@ -3,6 +3,12 @@
 :func:`analyse` works on arrays alone (features, hand labels where known, −1 elsewhere) and
 writes its figures and ``report.html`` into a folder; :mod:`services.subcategories` feeds it
 from the database and writes the resulting category → subcategory tree back.
+
+The estimators and helpers it calls raise :class:`ValueError` for bad input, as scikit-learn's
+do. :func:`analyse` is where they meet the callers that face users (``semtag cluster`` and the
+clustering job): its own input checks raise :class:`~services.errors.BadInput`, and a method
+that fails on the data (complete linkage over its memory budget, density peaks on too few
+points) is reported in the analysis, with its message, instead of ending it.
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ import html
 import json
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +38,9 @@ from services.clustering.hierarchy import DEFAULT_BUDGET, METHODS, Hierarchical,
 from services.clustering.intrinsic_dim import TwoNN, id_by_decimation, subsample
 from services.errors import BadInput
 from services.plotting import png_figure
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 ALL_METHODS = (*METHODS, "density_peaks")
 Progress = Callable[[float, str], None]
@@ -54,35 +64,39 @@ class AnalysisConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _timed(stats: dict, name: str):  # noqa: ANN202
-    class T:
-        def __enter__(self):  # noqa: ANN204
-            tracemalloc.start()
-            self.t = time.perf_counter()
+@contextmanager
+def _timed(stats: dict, name: str) -> Iterator[None]:
+    """Seconds and peak Python memory of the block, recorded in ``stats[name]`` (also when it raises)."""
+    tracemalloc.start()
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        stats[name] = {"seconds": round(time.perf_counter() - t, 3), "peak_python_mb": round(peak / 2**20, 1)}
 
-        def __exit__(self, *exc):  # noqa: ANN002, ANN204
-            _, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
-            stats[name] = {"seconds": round(time.perf_counter() - self.t, 3), "peak_python_mb": round(peak / 2**20, 1)}
 
-    return T()
-
-
-def fit_method(method: str, Z: np.ndarray, cfg: AnalysisConfig):  # noqa: ANN201
+def fit_method(method: str, Z: np.ndarray, cfg: AnalysisConfig) -> Hierarchical | DensityPeaks:
+    """The fitted hierarchy of ``method`` (a linkage or ``density_peaks``); cut it with ``labels_at(k)``."""
     if method == "density_peaks":
         return DensityPeaks(k=cfg.dp_k).fit(Z)
-    return Hierarchical(method, cfg.complete_budget_bytes, cfg.complete_sample if method == "complete" else None,
-                        cfg.seed).fit(Z)
+    return Hierarchical(method, memory_budget_bytes=cfg.complete_budget_bytes,
+                        sample_size=cfg.complete_sample if method == "complete" else None, seed=cfg.seed).fit(Z)
 
 
-def max_k(model) -> int:  # noqa: ANN001
-    return model.n_peaks_ if isinstance(model, DensityPeaks) else model.n_
+def max_k(model: Hierarchical | DensityPeaks) -> int:
+    """The most clusters a fitted hierarchy can be cut into."""
+    return model.max_k_
 
 
 def analyse(X: np.ndarray, labels: np.ndarray, cfg: AnalysisConfig, out_dir: Path | str,
             progress: Progress | None = None) -> dict[str, Any]:
     """Run the analysis; labels: hand labels 0–9, or −1 for unlabelled points. Returns the report."""
-    X = check_features(X)
+    try:
+        X = check_features(X)
+    except ValueError as exc:
+        raise BadInput(str(exc), "bad_features") from exc
     labels = np.asarray(labels, np.int64)
     if len(labels) != len(X):
         raise BadInput(f"{len(X)} feature vectors but {len(labels)} labels", "bad_features")
@@ -140,14 +154,14 @@ def analyse(X: np.ndarray, labels: np.ndarray, cfg: AnalysisConfig, out_dir: Pat
         try:
             with _timed(stats, method):
                 model = fit_method(method, Z, cfg)
-        except BadInput as exc:  # e.g. complete linkage over its memory budget: reported, not fatal
-            report["methods"][method] = {"error": exc.message}
+        except ValueError as exc:  # e.g. complete linkage over its memory budget: reported, not fatal
+            report["methods"][method] = {"error": str(exc)}
             continue
         models[method] = model
         mk = [k for k in ks if k <= max_k(model)]
         entry: dict[str, Any] = {"max_k": max_k(model)}
         if lab.sum() >= 2 and mk:
-            entry["scores"] = scores.score_curve(model.labels, labels, mk, lab)
+            entry["scores"] = scores.score_curve(model.labels_at, labels, mk, lab)
         if isinstance(model, DensityPeaks):
             entry["peaks"] = model.n_peaks_
         report["methods"][method] = entry
@@ -184,7 +198,7 @@ def _plot_nmi(report: dict, path: Path) -> None:
         _log_x_axes(ax, "number of clusters k", "NMI with the labels")
 
 
-def _log_x_axes(ax, xlabel: str, ylabel: str) -> None:  # noqa: ANN001
+def _log_x_axes(ax: Axes, xlabel: str, ylabel: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
