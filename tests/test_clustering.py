@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -344,3 +345,28 @@ def test_autoencoder_is_a_transformer(blobs: Blobs) -> None:
         ae.transform(X[:, :5])
     assert clone(ae).get_params() == ae.get_params() and not hasattr(clone(ae), "encoder_")
 
+
+# --- figures ------------------------------------------------------------------------------------
+
+def test_heatmaps_label_their_axes_and_colour_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from contextlib import contextmanager
+
+    from services.clustering import distances
+    from services.plotting import png_figure
+
+    drawn = []
+
+    @contextmanager
+    def keep(path: Path, figsize: tuple[float, float]) -> Iterator[tuple[Any, Any]]:
+        with png_figure(path, figsize) as (fig, ax):
+            drawn.append((fig, ax))
+            yield fig, ax
+
+    monkeypatch.setattr(distances, "png_figure", keep)
+    labels = np.repeat([0, 1, 2], 5)
+    distances.heatmap_png(distances.discrete_distance(labels), tmp_path / "h.png", "discrete", labels,
+                          value_label="discrete distance")
+    fig, ax = drawn[0]
+    assert ax.get_xlabel() == ax.get_ylabel() == "image (sorted by label)"
+    assert [a.get_ylabel() for a in fig.axes if a is not ax] == ["discrete distance"]
+    assert (tmp_path / "h.png").is_file()

@@ -137,12 +137,14 @@ def analyse(X: np.ndarray, labels: np.ndarray, cfg: AnalysisConfig, out_dir: Pat
     if lab.sum() >= 2:
         say(0.3, "distance heatmaps")
         idx = labelled_sample(labels, cfg.heatmap_sample, cfg.seed)
-        heatmap_png(discrete_distance(labels[idx]), out / "distance_discrete.png", "discrete distance", labels[idx])
-        heatmap_png(euclidean_matrix(X[idx]), out / "distance_features.png", "Euclidean, features", labels[idx])
+        heatmap_png(discrete_distance(labels[idx]), out / "distance_discrete.png", "discrete distance", labels[idx],
+                    value_label="discrete distance (0: same label, 1: different)")
+        heatmap_png(euclidean_matrix(X[idx]), out / "distance_features.png", "Euclidean, features", labels[idx],
+                    value_label="Euclidean distance")
         report["correlation_index"] = {"features": correlation_index(X[idx], labels[idx])}
         if cfg.autoencoder:
             heatmap_png(euclidean_matrix(Z[idx]), out / "distance_codes.png", "Euclidean, autoencoder codes",
-                        labels[idx])
+                        labels[idx], value_label="Euclidean distance")
             report["correlation_index"]["codes"] = correlation_index(Z[idx], labels[idx])
 
     ks = scores.k_grid(len(Z), start=min(cfg.k_min, len(Z)), points=cfg.k_points)
