@@ -346,7 +346,52 @@ def test_autoencoder_is_a_transformer(blobs: Blobs) -> None:
     assert clone(ae).get_params() == ae.get_params() and not hasattr(clone(ae), "encoder_")
 
 
-# --- figures ------------------------------------------------------------------------------------
+# --- the report ---------------------------------------------------------------------------------
+
+def _method_sections(page: str) -> dict[str, str]:
+    """The HTML under each method's <h3> heading, up to the next heading."""
+    import re
+
+    return {m.group(1): m.group(2) for m in re.finditer(r"<h3>(.*?)</h3>(.*?)(?=<h[123]>|\Z)", page, re.S)}
+
+
+def test_report_says_why_a_method_has_no_scores(tmp_path: Path) -> None:
+    import json
+
+    from services.clustering.analysis import AnalysisConfig, analyse
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3))  # one Gaussian blob: one density peak at a wide neighbourhood
+    labels = np.repeat([0, 1], 40)
+    cfg = AnalysisConfig(methods=("ward", "density_peaks", "complete"), autoencoder=False, dp_k=60,
+                         complete_sample=30)
+    report = analyse(X, labels, cfg, tmp_path / "one")
+    dp = report["methods"]["density_peaks"]
+    assert dp["peaks"] < 10 and "scores" not in dp and "density peak" in dp["note"]
+    # sampled complete linkage: scored up to the sample size (its hierarchy's leaves), not beyond
+    assert report["methods"]["complete"]["max_k"] == 30
+    assert max(r["k"] for r in report["methods"]["complete"]["scores"]) <= 30
+    page = (tmp_path / "one" / "report.html").read_text()
+    sections = _method_sections(page)
+    assert set(sections) == {"ward", "density_peaks", "complete"}
+    assert all(body.strip() for body in sections.values()), sections
+    assert "density peak" in sections["density_peaks"] and "<table>" not in sections["density_peaks"]
+    assert json.loads((tmp_path / "one" / "analysis.json").read_text())["methods"]["density_peaks"]["note"]
+
+    # more neighbours than points: density peaks fail; the report gives the error, the others go on
+    report = analyse(X, labels, AnalysisConfig(methods=("ward", "density_peaks"), autoencoder=False, dp_k=100),
+                     tmp_path / "err")
+    assert "need more than 100 points" in report["methods"]["density_peaks"]["error"]
+    sections = _method_sections((tmp_path / "err" / "report.html").read_text())
+    assert "not run: density peaks with k = 100 need more than 100 points" in sections["density_peaks"]
+    assert "<table>" in sections["ward"]
+
+    # no hand labels: nothing is scored, and every section says so
+    analyse(X, np.full(80, -1), AnalysisConfig(methods=("ward", "density_peaks"), autoencoder=False, dp_k=10),
+            tmp_path / "unlabelled")
+    sections = _method_sections((tmp_path / "unlabelled" / "report.html").read_text())
+    assert all("hand labels" in body or "density peak" in body for body in sections.values()), sections
+
 
 def test_heatmaps_label_their_axes_and_colour_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from contextlib import contextmanager

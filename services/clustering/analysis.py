@@ -90,6 +90,22 @@ def max_k(model: Hierarchical | DensityPeaks) -> int:
     return model.max_k_
 
 
+def _unscored_note(model: Hierarchical | DensityPeaks, ks: list[int], labelled: int) -> str | None:
+    """Why a fitted method has no NMI scores, or None when it has them."""
+    top = max_k(model)
+    if isinstance(model, DensityPeaks) and top < 2:
+        return (f"found {top} density peak with k = {model.k} neighbours; at least 2 are needed to cut the "
+                "hierarchy into clusters (a smaller neighbourhood k finds more peaks)")
+    if labelled < 2:
+        return f"not scored: {labelled} image(s) have hand labels; the NMI needs at least 2"
+    if not any(k <= top for k in ks):
+        what = (f"found {top} density peaks with k = {model.k} neighbours, so its hierarchy has at most {top} "
+                "clusters" if isinstance(model, DensityPeaks) else f"its hierarchy has at most {top} clusters")
+        hint = "; a smaller neighbourhood k finds more peaks" if isinstance(model, DensityPeaks) else ""
+        return f"not scored: {what}, fewer than the smallest k scored ({min(ks)}){hint}"
+    return None
+
+
 def analyse(X: np.ndarray, labels: np.ndarray, cfg: AnalysisConfig, out_dir: Path | str,
             progress: Progress | None = None) -> dict[str, Any]:
     """Run the analysis; labels: hand labels 0–9, or −1 for unlabelled points. Returns the report."""
@@ -166,6 +182,9 @@ def analyse(X: np.ndarray, labels: np.ndarray, cfg: AnalysisConfig, out_dir: Pat
             entry["scores"] = scores.score_curve(model.labels_at, labels, mk, lab)
         if isinstance(model, DensityPeaks):
             entry["peaks"] = model.n_peaks_
+        note = _unscored_note(model, ks, int(lab.sum()))
+        if note and "scores" not in entry:
+            entry["note"] = note
         report["methods"][method] = entry
     if lab.sum() >= 2:
         report["reference"] = scores.reference_curves(labels[lab], [k for k in ks if k <= lab.sum()], cfg.seed)
@@ -239,10 +258,7 @@ def write_html(report: dict, out: Path) -> Path:
         parts.append("<img src='nmi_vs_k.png'>")
     for method, entry in report["methods"].items():
         parts.append(f"<h3>{html.escape(method)}</h3>")
-        if "error" in entry:
-            parts.append(f"<p>not run: {html.escape(entry['error'])}</p>")
-        elif "scores" in entry:
-            parts.append(table(entry["scores"], ["k", "nmi", "ari", "clusters", "min", "median", "max", "singletons"]))
+        parts += _method_section(entry, table)
     if "tree" in report:
         parts.append("<h2>Category → subcategory tree</h2>")
         parts.append(table(report["tree"], ["parent_category", "name", "size", "method", "k", "representatives"]))
@@ -251,6 +267,19 @@ def write_html(report: dict, out: Path) -> Path:
     path = out / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def _method_section(entry: dict, table: Callable[[list[dict], list[str]], str]) -> list[str]:
+    """The body under a method's heading: never empty; says why when there are no scores."""
+    if "error" in entry:
+        return [f"<p>not run: {html.escape(str(entry['error']))}</p>"]
+    if entry.get("scores"):
+        out = [] if "peaks" not in entry else [
+            f"<p>{entry['peaks']} density peaks: the hierarchy can be cut into at most {entry['peaks']} clusters.</p>"]
+        return out + [table(entry["scores"], ["k", "nmi", "ari", "clusters", "min", "median", "max", "singletons"])]
+    note = entry.get("note") or (f"no scores (the hierarchy can be cut into at most {entry['max_k']} clusters)"
+                                 if "max_k" in entry else "no scores")
+    return [f"<p>{html.escape(note)}</p>"]
 
 
 def _fmt(v: Any) -> str:
