@@ -56,13 +56,12 @@ def _step(name: str, n: int, q) -> None:  # noqa: ANN001
         extra["peaks"] = dp.n_peaks_
     elif name.startswith("complete"):
         from services.clustering.hierarchy import Hierarchical
-        from services.errors import BadInput
 
         sample = int(name.split(":")[1]) if ":" in name else None
         try:
             Hierarchical("complete", memory_budget_bytes=4 * 2**30, sample_size=sample).fit(X).labels(10)
-        except BadInput as exc:
-            extra["refused"] = exc.message
+        except ValueError as exc:
+            extra["refused"] = str(exc)
     else:
         from sklearn.metrics import normalized_mutual_info_score as nmi
 

@@ -3,6 +3,12 @@
 :func:`analyse` works on arrays alone (features, hand labels where known, −1 elsewhere) and
 writes its figures and ``report.html`` into a folder; :mod:`services.clustering.subcategories` feeds it
 from the database and writes the resulting category → subcategory tree back.
+
+The estimators and helpers it calls raise :class:`ValueError` for bad input, as scikit-learn's
+do. :func:`analyse` is where they meet the callers that face users (``semtag cluster`` and the
+clustering job): its own input checks raise :class:`~services.errors.BadInput`, and a method
+that fails on the data (complete linkage over its memory budget, density peaks on too few
+points) is reported in the analysis, with its message, instead of ending it.
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ import html
 import json
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +38,9 @@ from services.clustering.hierarchy import DEFAULT_BUDGET, METHODS, Hierarchical,
 from services.clustering.intrinsic_dim import TwoNN, id_by_decimation, subsample
 from services.errors import BadInput
 from services.plotting import png_figure
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 ALL_METHODS = (*METHODS, "density_peaks")
 Progress = Callable[[float, str], None]
@@ -54,35 +64,55 @@ class AnalysisConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _timed(stats: dict, name: str):  # noqa: ANN202
-    class T:
-        def __enter__(self):  # noqa: ANN204
-            tracemalloc.start()
-            self.t = time.perf_counter()
+@contextmanager
+def _timed(stats: dict, name: str) -> Iterator[None]:
+    """Seconds and peak Python memory of the block, recorded in ``stats[name]`` (also when it raises)."""
+    tracemalloc.start()
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        stats[name] = {"seconds": round(time.perf_counter() - t, 3), "peak_python_mb": round(peak / 2**20, 1)}
 
-        def __exit__(self, *exc):  # noqa: ANN002, ANN204
-            _, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
-            stats[name] = {"seconds": round(time.perf_counter() - self.t, 3), "peak_python_mb": round(peak / 2**20, 1)}
 
-    return T()
-
-
-def fit_method(method: str, Z: np.ndarray, cfg: AnalysisConfig):  # noqa: ANN201
+def fit_method(method: str, Z: np.ndarray, cfg: AnalysisConfig) -> Hierarchical | DensityPeaks:
+    """The fitted hierarchy of ``method`` (a linkage or ``density_peaks``); cut it with ``labels_at(k)``."""
     if method == "density_peaks":
         return DensityPeaks(k=cfg.dp_k).fit(Z)
-    return Hierarchical(method, cfg.complete_budget_bytes, cfg.complete_sample if method == "complete" else None,
-                        cfg.seed).fit(Z)
+    return Hierarchical(method, memory_budget_bytes=cfg.complete_budget_bytes,
+                        sample_size=cfg.complete_sample if method == "complete" else None, seed=cfg.seed).fit(Z)
 
 
-def max_k(model) -> int:  # noqa: ANN001
-    return model.n_peaks_ if isinstance(model, DensityPeaks) else model.n_
+def max_k(model: Hierarchical | DensityPeaks) -> int:
+    """The most clusters a fitted hierarchy can be cut into."""
+    return model.max_k_
+
+
+def _unscored_note(model: Hierarchical | DensityPeaks, ks: list[int], labelled: int) -> str | None:
+    """Why a fitted method has no NMI scores, or None when it has them."""
+    top = max_k(model)
+    if isinstance(model, DensityPeaks) and top < 2:
+        return (f"found {top} density peak with k = {model.k} neighbours; at least 2 are needed to cut the "
+                "hierarchy into clusters (a smaller neighbourhood k finds more peaks)")
+    if labelled < 2:
+        return f"not scored: {labelled} image(s) have hand labels; the NMI needs at least 2"
+    if not any(k <= top for k in ks):
+        what = (f"found {top} density peaks with k = {model.k} neighbours, so its hierarchy has at most {top} "
+                "clusters" if isinstance(model, DensityPeaks) else f"its hierarchy has at most {top} clusters")
+        hint = "; a smaller neighbourhood k finds more peaks" if isinstance(model, DensityPeaks) else ""
+        return f"not scored: {what}, fewer than the smallest k scored ({min(ks)}){hint}"
+    return None
 
 
 def analyse(X: np.ndarray, labels: np.ndarray, cfg: AnalysisConfig, out_dir: Path | str,
             progress: Progress | None = None) -> dict[str, Any]:
     """Run the analysis; labels: hand labels 0–9, or −1 for unlabelled points. Returns the report."""
-    X = check_features(X)
+    try:
+        X = check_features(X)
+    except ValueError as exc:
+        raise BadInput(str(exc), "bad_features") from exc
     labels = np.asarray(labels, np.int64)
     if len(labels) != len(X):
         raise BadInput(f"{len(X)} feature vectors but {len(labels)} labels", "bad_features")
@@ -123,12 +153,14 @@ def analyse(X: np.ndarray, labels: np.ndarray, cfg: AnalysisConfig, out_dir: Pat
     if lab.sum() >= 2:
         say(0.3, "distance heatmaps")
         idx = labelled_sample(labels, cfg.heatmap_sample, cfg.seed)
-        heatmap_png(discrete_distance(labels[idx]), out / "distance_discrete.png", "discrete distance", labels[idx])
-        heatmap_png(euclidean_matrix(X[idx]), out / "distance_features.png", "Euclidean, features", labels[idx])
+        heatmap_png(discrete_distance(labels[idx]), out / "distance_discrete.png", "discrete distance", labels[idx],
+                    value_label="discrete distance (0: same label, 1: different)")
+        heatmap_png(euclidean_matrix(X[idx]), out / "distance_features.png", "Euclidean, features", labels[idx],
+                    value_label="Euclidean distance")
         report["correlation_index"] = {"features": correlation_index(X[idx], labels[idx])}
         if cfg.autoencoder:
             heatmap_png(euclidean_matrix(Z[idx]), out / "distance_codes.png", "Euclidean, autoencoder codes",
-                        labels[idx])
+                        labels[idx], value_label="Euclidean distance")
             report["correlation_index"]["codes"] = correlation_index(Z[idx], labels[idx])
 
     ks = scores.k_grid(len(Z), start=min(cfg.k_min, len(Z)), points=cfg.k_points)
@@ -140,16 +172,19 @@ def analyse(X: np.ndarray, labels: np.ndarray, cfg: AnalysisConfig, out_dir: Pat
         try:
             with _timed(stats, method):
                 model = fit_method(method, Z, cfg)
-        except BadInput as exc:  # e.g. complete linkage over its memory budget: reported, not fatal
-            report["methods"][method] = {"error": exc.message}
+        except ValueError as exc:  # e.g. complete linkage over its memory budget: reported, not fatal
+            report["methods"][method] = {"error": str(exc)}
             continue
         models[method] = model
         mk = [k for k in ks if k <= max_k(model)]
         entry: dict[str, Any] = {"max_k": max_k(model)}
         if lab.sum() >= 2 and mk:
-            entry["scores"] = scores.score_curve(model.labels, labels, mk, lab)
+            entry["scores"] = scores.score_curve(model.labels_at, labels, mk, lab)
         if isinstance(model, DensityPeaks):
             entry["peaks"] = model.n_peaks_
+        note = _unscored_note(model, ks, int(lab.sum()))
+        if note and "scores" not in entry:
+            entry["note"] = note
         report["methods"][method] = entry
     if lab.sum() >= 2:
         report["reference"] = scores.reference_curves(labels[lab], [k for k in ks if k <= lab.sum()], cfg.seed)
@@ -184,7 +219,7 @@ def _plot_nmi(report: dict, path: Path) -> None:
         _log_x_axes(ax, "number of clusters k", "NMI with the labels")
 
 
-def _log_x_axes(ax, xlabel: str, ylabel: str) -> None:  # noqa: ANN001
+def _log_x_axes(ax: Axes, xlabel: str, ylabel: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -223,10 +258,7 @@ def write_html(report: dict, out: Path) -> Path:
         parts.append("<img src='nmi_vs_k.png'>")
     for method, entry in report["methods"].items():
         parts.append(f"<h3>{html.escape(method)}</h3>")
-        if "error" in entry:
-            parts.append(f"<p>not run: {html.escape(entry['error'])}</p>")
-        elif "scores" in entry:
-            parts.append(table(entry["scores"], ["k", "nmi", "ari", "clusters", "min", "median", "max", "singletons"]))
+        parts += _method_section(entry, table)
     if "tree" in report:
         parts.append("<h2>Category → subcategory tree</h2>")
         parts.append(table(report["tree"], ["parent_category", "name", "size", "method", "k", "representatives"]))
@@ -235,6 +267,19 @@ def write_html(report: dict, out: Path) -> Path:
     path = out / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def _method_section(entry: dict, table: Callable[[list[dict], list[str]], str]) -> list[str]:
+    """The body under a method's heading: never empty; says why when there are no scores."""
+    if "error" in entry:
+        return [f"<p>not run: {html.escape(str(entry['error']))}</p>"]
+    if entry.get("scores"):
+        out = [] if "peaks" not in entry else [
+            f"<p>{entry['peaks']} density peaks: the hierarchy can be cut into at most {entry['peaks']} clusters.</p>"]
+        return out + [table(entry["scores"], ["k", "nmi", "ari", "clusters", "min", "median", "max", "singletons"])]
+    note = entry.get("note") or (f"no scores (the hierarchy can be cut into at most {entry['max_k']} clusters)"
+                                 if "max_k" in entry else "no scores")
+    return [f"<p>{html.escape(note)}</p>"]
 
 
 def _fmt(v: Any) -> str:

@@ -7,29 +7,88 @@ and keeps the best weights. Reports the validation reconstruction loss.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
+from numpy.typing import ArrayLike
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import Tags
+from sklearn.utils.validation import check_is_fitted
 
-from services.errors import BadInput
+from services.clustering.hierarchy import validate_features
 
 
-class Autoencoder:
+class Autoencoder(TransformerMixin, BaseEstimator):
+    """Dense autoencoder: :meth:`transform` maps standardised features to a ``code_dim``-D code.
+
+    Parameters
+    ----------
+    code_dim : int, default=10
+        Dimension of the code (the bottleneck layer); at least 1.
+    hidden : tuple of int, default=(256, 64)
+        Widths of the encoder's hidden ReLU layers (the decoder mirrors them).
+    epochs : int, default=200
+        Most training epochs.
+    batch_size : int, default=256
+        Mini-batch size.
+    patience : int, default=10
+        Epochs without a better validation loss before training stops (the best weights are kept).
+    validation_fraction : float, default=0.1
+        Share of the points held out for the validation loss (at least one point).
+    lr : float, default=1e-3
+        Adam's learning rate.
+    seed : int, default=0
+        Seed of Keras's initialisation and of the validation split.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_features_in_,)
+        Feature means used to standardise.
+    scale_ : ndarray of shape (n_features_in_,)
+        Feature standard deviations (plus 1e-6) used to standardise.
+    model_ : keras.Model
+        The whole autoencoder (standardised features → reconstruction).
+    encoder_ : keras.Model
+        Its encoder (standardised features → code).
+    history_ : dict of str to list of float
+        Keras's training history (``loss``, ``val_loss`` per epoch).
+    epochs_run_ : int
+        Epochs trained before early stopping.
+    reconstruction_loss_ : float
+        Best validation reconstruction loss (mean squared error on standardised features).
+    n_features_in_ : int
+        Number of features seen during :meth:`fit`.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of the features, when ``X`` had string column names.
+    """
+
     def __init__(self, code_dim: int = 10, hidden: tuple[int, ...] = (256, 64), epochs: int = 200,
                  batch_size: int = 256, patience: int = 10, validation_fraction: float = 0.1, lr: float = 1e-3,
                  seed: int = 0):
-        if code_dim < 1:
-            raise BadInput("code_dim must be at least 1", "bad_params")
-        self.code_dim, self.hidden, self.epochs, self.batch_size = code_dim, tuple(hidden), epochs, batch_size
-        self.patience, self.validation_fraction, self.lr, self.seed = patience, validation_fraction, lr, seed
+        self.code_dim = code_dim
+        self.hidden = hidden
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.lr = lr
+        self.seed = seed
 
-    def fit(self, X: np.ndarray, y=None) -> Autoencoder:  # noqa: ANN001
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]  # codes are float32 whatever the input
+        return tags
+
+    def fit(self, X: ArrayLike, y: object = None) -> Autoencoder:
+        """Train on ``X`` (n_samples ≥ 10, n_features); ``y`` is ignored. Returns the fitted estimator."""
         import keras
         from keras import layers
 
-        from services.clustering.hierarchy import check_features
-
-        X = check_features(X).astype(np.float32)
+        if isinstance(self.code_dim, bool) or not isinstance(self.code_dim, Integral) or self.code_dim < 1:
+            raise ValueError(f"code_dim must be at least 1, got {self.code_dim!r}")
+        X = validate_features(self, X, dtype=np.float32)
         if len(X) < 10:
-            raise BadInput("the autoencoder needs at least 10 points", "bad_features")
+            raise ValueError(f"the autoencoder needs at least 10 points (n_samples = {len(X)})")
         keras.utils.set_random_seed(self.seed)
         self.mean_ = X.mean(0)
         self.scale_ = X.std(0) + 1e-6
@@ -37,11 +96,11 @@ class Autoencoder:
         d = X.shape[1]
         inp = keras.Input((d,), name="features")
         h = inp
-        for i, units in enumerate(self.hidden):
+        for i, units in enumerate(tuple(self.hidden)):
             h = layers.Dense(units, activation="relu", name=f"enc{i}")(h)
         code = layers.Dense(self.code_dim, name="code")(h)
         h = code
-        for i, units in enumerate(reversed(self.hidden)):
+        for i, units in enumerate(reversed(tuple(self.hidden))):
             h = layers.Dense(units, activation="relu", name=f"dec{i}")(h)
         out = layers.Dense(d, name="reconstruction")(h)
         model = keras.Model(inp, out)
@@ -60,9 +119,9 @@ class Autoencoder:
         self.reconstruction_loss_ = float(min(hist.history["val_loss"]))
         return self
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        Z = ((np.asarray(X, np.float32) - self.mean_) / self.scale_).astype(np.float32)
+    def transform(self, X: ArrayLike) -> np.ndarray:
+        """The code (n_samples, code_dim), float32, of every row of ``X``."""
+        check_is_fitted(self, "encoder_")
+        X = validate_features(self, X, reset=False, dtype=np.float32)
+        Z = ((X - self.mean_) / self.scale_).astype(np.float32)
         return np.asarray(self.encoder_.predict(Z, batch_size=4096, verbose=0), np.float32)
-
-    def fit_transform(self, X: np.ndarray, y=None) -> np.ndarray:  # noqa: ANN001
-        return self.fit(X).transform(X)

@@ -19,25 +19,81 @@ Vectorised with NumPy and SciPy's cKDTree; memory O(N·k).
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.cluster.hierarchy import fcluster
 from scipy.spatial import cKDTree
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils.validation import check_is_fitted
 
-from services.clustering.hierarchy import check_features
-from services.errors import BadInput
+from services.clustering.hierarchy import check_n_clusters, validate_features
 
 
-class DensityPeaks:
-    def __init__(self, k: int = 30, intrinsic_dim: float | None = None):
-        if k < 2:
-            raise BadInput("density peaks need k ≥ 2 neighbours", "bad_params")
-        self.k, self.intrinsic_dim = k, intrinsic_dim
+class DensityPeaks(ClusterMixin, BaseEstimator):
+    """Hierarchical density-peaks clustering (see the module's description).
 
-    def fit(self, X: np.ndarray, y=None) -> DensityPeaks:  # noqa: ANN001
-        X = check_features(X)
+    Parameters
+    ----------
+    k : int, default=30
+        Neighbours of the k-nearest-neighbour density estimate, and of the search for saddles;
+        at least 2. A smaller k finds more (and less significant) peaks.
+    intrinsic_dim : float or None, default=None
+        Intrinsic dimension d in the density estimate ρ ∝ 1 / r_k^d. None: the 2-NN estimate of
+        the data (:class:`~services.clustering.intrinsic_dim.TwoNN` on 90% of the points).
+    n_clusters : int or None, default=None
+        Number of clusters of :attr:`labels_` (the cut made by :meth:`fit`); at most the number of
+        density peaks found. None: one cluster per density peak. :meth:`labels_at` cuts the same
+        fitted hierarchy at any other k up to :attr:`n_peaks_`.
+
+    Attributes
+    ----------
+    intrinsic_dim_ : float
+        The intrinsic dimension used in the density estimate.
+    log_density_ : ndarray of shape (n_samples,)
+        Log density of every point (up to a constant).
+    peaks_ : ndarray of shape (n_peaks_,)
+        Indices of the density peaks, densest first.
+    n_peaks_ : int
+        Number of density peaks: the most clusters the hierarchy can be cut into.
+    max_k_ : int
+        Same as ``n_peaks_`` (the name :class:`~services.clustering.hierarchy.Hierarchical` shares).
+    cluster_of_point_ : ndarray of shape (n_samples,)
+        For every point, the peak (position in ``peaks_``) whose cluster it belongs to.
+    cluster_sizes_ : ndarray of shape (n_peaks_,)
+        Number of points in every peak's cluster.
+    saddles_ : dict of (int, int) to float
+        Log density of the saddle between every pair of touching peak clusters (i < j).
+    linkage_ : ndarray of shape (n_peaks_ - 1, 4)
+        The hierarchy over the peaks, in SciPy's linkage format.
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of every point: the hierarchy cut at ``n_clusters`` (all peaks when None).
+    n_features_in_ : int
+        Number of features seen during :meth:`fit`.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of the features, when ``X`` had string column names.
+    """
+
+    def __init__(self, k: int = 30, *, intrinsic_dim: float | None = None, n_clusters: int | None = None):
+        self.k = k
+        self.intrinsic_dim = intrinsic_dim
+        self.n_clusters = n_clusters
+
+    def fit(self, X: ArrayLike, y: object = None) -> DensityPeaks:
+        """Find the density peaks of ``X`` (n_samples, n_features), their clusters and hierarchy,
+        and cut it at ``n_clusters``. ``y`` is ignored. Returns the fitted estimator."""
+        if isinstance(self.k, bool) or not isinstance(self.k, Integral) or self.k < 2:
+            raise ValueError(f"density peaks need k ≥ 2 neighbours, got k = {self.k!r}")
+        if self.intrinsic_dim is not None and (
+                isinstance(self.intrinsic_dim, bool) or not isinstance(self.intrinsic_dim, Real)
+                or not np.isfinite(self.intrinsic_dim) or self.intrinsic_dim <= 0):
+            raise ValueError(f"intrinsic_dim must be a positive number or None, got {self.intrinsic_dim!r}")
+        n_clusters = None if self.n_clusters is None else check_n_clusters(self.n_clusters)
+        X = validate_features(self, X)
         n = len(X)
         if n <= self.k:
-            raise BadInput(f"density peaks with k = {self.k} need more than {self.k} points, got {n}", "bad_k")
+            raise ValueError(f"density peaks with k = {self.k} need more than {self.k} points (n_samples = {n})")
         d = self.intrinsic_dim
         if d is None:
             from services.clustering.intrinsic_dim import TwoNN
@@ -70,6 +126,7 @@ class DensityPeaks:
             root = nxt
         peak_index = {p: i for i, p in enumerate(peaks[np.argsort(rank[peaks])])}  # densest peak first
         self.peaks_ = np.array(sorted(peak_index, key=peak_index.get))
+        self.n_peaks_ = self.max_k_ = len(self.peaks_)
         labels = np.array([peak_index[r] for r in root])
         self.cluster_of_point_ = labels
         m = len(self.peaks_)
@@ -93,6 +150,10 @@ class DensityPeaks:
         np.add.at(centroids, labels, X)
         centroids /= np.maximum(self.cluster_sizes_, 1)[:, None]
         self.linkage_ = self._linkage(logrho[self.peaks_], saddle, centroids, self.cluster_sizes_)
+        if n_clusters is not None and n_clusters > m:
+            raise ValueError(f"n_clusters = {n_clusters}, but density peaks with k = {self.k} found only {m} "
+                             f"peak{'s' if m != 1 else ''} (lower k for more, or leave n_clusters None)")
+        self.labels_ = self.labels_at(m if n_clusters is None else n_clusters)
         return self
 
     @staticmethod
@@ -158,20 +219,19 @@ class DensityPeaks:
                 ids.append(keep)
         return np.array(rows, dtype=np.float64)
 
-    @property
-    def n_peaks_(self) -> int:
-        return len(self.peaks_)
-
-    def labels(self, k: int) -> np.ndarray:
-        """Point labels with the hierarchy cut at ``k`` clusters (k ≤ number of density peaks)."""
+    def labels_at(self, k: int) -> np.ndarray:
+        """Point labels (0..k-1) with the hierarchy cut at ``k`` clusters (1 ≤ k ≤ :attr:`n_peaks_`);
+        raises :class:`ValueError` outside that range."""
+        check_is_fitted(self, "linkage_")
         m = self.n_peaks_
         if not 1 <= k <= m:
-            raise BadInput(f"k = {k} is outside 1..{m}: this density-peaks hierarchy has {m} peaks "
-                           "(lower the neighbourhood k for more)", "bad_k")
+            raise ValueError(f"k = {k} is outside 1..{m}: this density-peaks hierarchy has {m} peaks "
+                             "(lower the neighbourhood k for more)")
         if m == 1:
             return np.zeros(len(self.cluster_of_point_), np.int64)
         peak_labels = fcluster(self.linkage_, k, criterion="maxclust") - 1
         return peak_labels[self.cluster_of_point_]
 
-    def fit_predict(self, X: np.ndarray, k: int) -> np.ndarray:
-        return self.fit(X).labels(k)
+    def labels(self, k: int) -> np.ndarray:
+        """Same as :meth:`labels_at` (the name earlier callers use)."""
+        return self.labels_at(k)

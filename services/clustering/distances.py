@@ -7,6 +7,8 @@ Pearson's r between the two distance matrices' upper triangles.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy.spatial.distance import pdist, squareform
 
@@ -37,7 +39,11 @@ def correlation_index(X: np.ndarray, labels: np.ndarray) -> float:
     return float(np.corrcoef(e, disc)[0, 1])
 
 
-def heatmap_png(matrix: np.ndarray, path, title: str, labels: np.ndarray | None = None) -> None:  # noqa: ANN001
+def heatmap_png(matrix: np.ndarray, path: Path | str, title: str, labels: np.ndarray | None = None,
+                value_label: str = "distance") -> None:
+    """``matrix`` (images × images) as a heatmap PNG; with ``labels`` (the rows' labels, sorted),
+    white lines mark where the label changes. ``value_label`` names the colour bar."""
+    axis_label = "image (sorted by label)" if labels is not None else "image"
     with png_figure(path, (5, 4.5)) as (fig, ax):
         im = ax.imshow(matrix, cmap="viridis", interpolation="nearest")
         if labels is not None:
@@ -48,7 +54,9 @@ def heatmap_png(matrix: np.ndarray, path, title: str, labels: np.ndarray | None 
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        ax.set_xlabel(axis_label, fontsize=8)
+        ax.set_ylabel(axis_label, fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046).set_label(value_label, fontsize=8)
 
 
 def euclidean_matrix(X: np.ndarray) -> np.ndarray:

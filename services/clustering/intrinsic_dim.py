@@ -9,16 +9,21 @@ a plateau across sizes is the dimension at that scale.
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.spatial import cKDTree
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import validate_data
 
 
-def _check(X: np.ndarray) -> np.ndarray:
+def _check(X: ArrayLike) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(f"features must be a 2-D array (points × dimensions), got shape {X.shape}")
     if len(X) < 3:
-        raise ValueError(f"the 2-NN estimate needs at least 3 points, got {len(X)}")
+        raise ValueError(f"the 2-NN estimate needs at least 3 points (n_samples = {len(X)})")
     if not np.isfinite(X).all():
         raise ValueError("features contain NaN or infinity")
     return X
@@ -45,7 +50,7 @@ def two_nearest(X: np.ndarray, chunk: int = 1024) -> np.ndarray:
     return out
 
 
-def two_nn_ratios(X: np.ndarray) -> np.ndarray:
+def two_nn_ratios(X: ArrayLike) -> np.ndarray:
     """μ = r₂/r₁ for every point with r₁ > 0 (exact duplicates carry no information and are dropped)."""
     X = _check(X)
     d = two_nearest(X)
@@ -54,15 +59,41 @@ def two_nn_ratios(X: np.ndarray) -> np.ndarray:
     return r2[ok] / r1[ok]
 
 
-class TwoNN:
-    """2-NN intrinsic dimension. ``fraction``: share of points (smallest μ) used in the linear fit."""
+class TwoNN(BaseEstimator):
+    """The 2-NN intrinsic dimension of a point cloud (see the module's description).
+
+    An estimator, not a transformer: fitting yields one number, :attr:`dimension_`.
+
+    Parameters
+    ----------
+    fraction : float, default=0.9
+        Share of the points (those with the smallest μ = r₂/r₁) used in the linear fit, in (0, 1].
+
+    Attributes
+    ----------
+    dimension_ : float
+        The intrinsic dimension estimate.
+    x_ : ndarray of shape (n_fit,)
+        log μ of the points in the fit (sorted).
+    y_ : ndarray of shape (n_fit,)
+        −log(1 − F(μ)) of the same points; ``dimension_`` is the slope of ``y_`` against ``x_``.
+    n_points_ : int
+        Number of points with a distinct nearest neighbour (exact duplicates are left out).
+    n_features_in_ : int
+        Number of features seen during :meth:`fit`.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of the features, when ``X`` had string column names.
+    """
 
     def __init__(self, fraction: float = 0.9):
-        if not 0 < fraction <= 1:
-            raise ValueError("fraction must be in (0, 1]")
         self.fraction = fraction
 
-    def fit(self, X: np.ndarray, y=None) -> TwoNN:  # noqa: ANN001
+    def fit(self, X: ArrayLike, y: object = None) -> TwoNN:
+        """Estimate the intrinsic dimension of ``X`` (n_samples, n_features); ``y`` is ignored.
+        Returns the fitted estimator (the estimate is :attr:`dimension_`)."""
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, Real) or not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite=False, ensure_min_samples=0)
         mu = np.sort(two_nn_ratios(X))
         n = len(mu)
         if n < 3:
@@ -76,9 +107,6 @@ class TwoNN:
         self.x_, self.y_, self.n_points_ = x, yv, n
         return self
 
-    def fit_transform(self, X: np.ndarray, y=None) -> float:  # noqa: ANN001
-        return self.fit(X).dimension_
-
 
 def subsample(X: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
     """At most ``max_points`` rows, drawn at random: the 2-NN cost grows as N² in high dimension,
@@ -88,7 +116,7 @@ def subsample(X: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
     return X[np.sort(np.random.default_rng(seed).choice(len(X), max_points, replace=False))]
 
 
-def id_by_decimation(X: np.ndarray, fractions: tuple[float, ...] = (0.9, 0.7, 0.5), min_points: int = 20,
+def id_by_decimation(X: ArrayLike, fractions: tuple[float, ...] = (0.9, 0.7, 0.5), min_points: int = 20,
                      repeats: int = 5, seed: int = 0) -> list[dict]:
     """ID against sample size: N, N/2, N/4, … (≥ ``min_points``), mean and std over ``repeats`` subsets."""
     X = _check(X)

@@ -3,6 +3,8 @@
 * "good" scenario: start from the true labels (k = number of classes) and repeatedly split the
   largest cluster evenly in two: the best a clustering that refines the labels can do.
 * "uniform" scenario: k labels drawn uniformly at random: what chance gives at that k.
+
+Bad input (k out of range, nothing labelled) raises :class:`ValueError`.
 """
 
 from __future__ import annotations
@@ -12,14 +14,12 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from services.errors import BadInput
-
 
 def k_grid(n: int, start: int = 10, points: int = 12, stop: int | None = None) -> list[int]:
     """k from ``start`` to ``stop`` (default N) on a log scale, unique integers."""
     stop = min(stop or n, n)
     if start > stop:
-        raise BadInput(f"k from {start} exceeds the number of points {stop}", "bad_k")
+        raise ValueError(f"k from {start} exceeds the number of points {stop}")
     return sorted({int(round(v)) for v in np.geomspace(start, stop, points)})
 
 
@@ -28,9 +28,9 @@ def good_scenario(labels: np.ndarray, k: int) -> np.ndarray:
     out = np.unique(labels, return_inverse=True)[1].astype(np.int64)
     c = out.max() + 1
     if k < c:
-        raise BadInput(f"the good scenario starts at the {c} labels; k = {k} is fewer", "bad_k")
+        raise ValueError(f"the good scenario starts at the {c} labels; k = {k} is fewer")
     if k > len(labels):
-        raise BadInput(f"k = {k} exceeds the number of points {len(labels)}", "bad_k")
+        raise ValueError(f"k = {k} exceeds the number of points {len(labels)}")
     sizes = np.bincount(out).tolist()
     while c < k:
         big = int(np.argmax(sizes))
@@ -59,7 +59,7 @@ def score_curve(cut: Callable[[int], np.ndarray], truth: np.ndarray, ks: list[in
     truth = np.asarray(truth)
     mask = np.ones(len(truth), bool) if labelled is None else np.asarray(labelled, bool)
     if not mask.any():
-        raise BadInput("no labelled points to score against", "no_labels")
+        raise ValueError("no labelled points to score against")
     rows = []
     for k in ks:
         lab = cut(k)
