@@ -310,7 +310,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_plot_training(args: argparse.Namespace) -> int:
     from models.training import plot_training
 
-    print(plot_training(args.runs, args.out, args.metric))
+    print(plot_training(args.runs, args.out, title=args.title))
     return 0
 
 
@@ -458,10 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("plot-training", help="test accuracy against epoch, one line per run (PNG)")
+    sp = sub.add_parser("plot-training", help="accuracy and loss against epoch on train, validation and test (PNG)")
     sp.add_argument("runs", nargs="+")
     sp.add_argument("--out", default="training.png")
-    sp.add_argument("--metric", default="test_accuracy")
+    sp.add_argument("--title", default=None, help="figure title (default: the architectures and modes of the runs)")
     sp.set_defaults(func=cmd_plot_training)
 
     sp = sub.add_parser("export", help="export a run to ONNX (parity-checked) and register it")
