@@ -566,12 +566,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stdout_closed() -> int:
+    """The reader of our stdout went away (``semtag classify ... | head``): stop quietly, as a
+    command killed by SIGPIPE would. Python's "Note on SIGPIPE" recipe: point stdout at devnull so
+    the flush at exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests capturing it)
+        pass
+    return 128 + 13  # 141, the shell's status for a command ended by SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     from services.errors import SemtagError
 
     try:
-        return int(args.func(args) or 0)
+        args = build_parser().parse_args(argv)  # inside the try: semtag --help | head
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here rather than at exit
+        return rc
+    except BrokenPipeError:
+        return _stdout_closed()
+    except KeyboardInterrupt:
+        print("semtag: interrupted", file=sys.stderr)
+        return 130
     except SemtagError as exc:
         print(f"semtag: {exc.message}", file=sys.stderr)
         return 2

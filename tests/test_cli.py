@@ -1,4 +1,5 @@
-"""The semtag command as a newcomer meets it: help texts, --version, and the messages that name CLI flags."""
+"""The semtag command as a newcomer meets it: help texts, --version, a closed pipe, and the messages that
+name CLI flags."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 
 import semtag
 from semtag.cli import CLUSTER_METHODS, build_parser, main
@@ -100,6 +103,43 @@ def test_cluster_method_choices_are_the_analysis_methods(capsys: pytest.CaptureF
     with pytest.raises(SystemExit):
         main(["cluster", "--method", "kmeans"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def _write_tiffs(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, (rng.random((64, 96)) * 255).astype(np.uint8), description="semtag test")
+    bad = tmp_path / "truncated.tif"
+    bad.write_bytes(good.read_bytes()[:200])  # header and tags, values cut off: tifffile logs errors
+    return good, bad
+
+
+def test_a_closed_stdout_ends_quietly(tmp_path: Path) -> None:
+    """semtag scale ... | head: the reader is gone before (or while) semtag writes."""
+    good, _ = _write_tiffs(tmp_path)
+    r, w = os.pipe()
+    os.close(r)  # the reader has already gone: the first line written meets a broken pipe
+    try:
+        for args in (["scale", *[str(good)] * 5], ["scale", "--json", str(good)], ["--help"]):
+            proc = _semtag(args, tmp_path, stdout=w)
+            assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+            assert proc.stderr == "", proc.stderr
+            assert proc.returncode in (0, 141)
+    finally:
+        os.close(w)
+
+
+def test_a_reader_that_stops_after_one_line(tmp_path: Path) -> None:
+    good, _ = _write_tiffs(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SEMTAG_DATA_DIR": str(tmp_path / "var")}
+    proc = subprocess.Popen([sys.executable, "-m", "semtag", "scale", *[str(good)] * 200], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith(str(good))
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) in (0, 141)
+    assert "Traceback" not in err, err
 
 
 def test_cluster_empty_selection_names_the_cli_flag(cli_env: Path, tmp_path: Path,
