@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -399,6 +400,11 @@ Settings come from SEMTAG_* environment variables (e.g. SEMTAG_DATA_DIR, default
 # parser does not import the clustering code (tests/test_cli.py checks that the two agree).
 CLUSTER_METHODS = ("ward", "single", "complete", "centroid", "density_peaks")
 
+# Third-party libraries that log (at ERROR level, too) about files they can still partly read or that
+# semtag reports itself, e.g. tifffile on a truncated TIFF. Quiet unless -v is given.
+LIBRARY_LOGGERS = ("tifffile", "PIL", "imagecodecs")
+IMAGE_COMMANDS = ("scale", "classify", "cluster", "train", "export")  # the ones that read images
+VERBOSE_HELP = "also show the warnings of the image libraries (tifffile, Pillow); semtag's own messages are always shown"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -420,6 +426,8 @@ def _add(sub, name: str, help: str, func, **kw) -> argparse.ArgumentParser:  # n
     sp = sub.add_parser(name, help=help, description=kw.pop("description", help[0].upper() + help[1:] + "."),
                         formatter_class=HelpFormatter, **kw)
     sp.set_defaults(func=func)
+    if name in IMAGE_COMMANDS:  # also after the command: semtag scale -v FILE
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return sp
 
 
@@ -429,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="semtag", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=TopHelpFormatter)
     p.add_argument("--version", action="version", version=f"semtag {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     sp = _add(sub, "serve", "run the HTTP API (embedded defaults: SQLite, ./var, in-process tasks)", cmd_serve)
@@ -566,6 +575,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_library_logs(verbose: bool) -> None:
+    """tifffile and friends log through ``logging``; with no handler configured Python prints those
+    records raw on stderr (e.g. ``<TiffTag.fromfile> raised TiffFileError(...)`` for a truncated TIFF),
+    next to semtag's own message about the same file. Hide them, or with -v show them labelled."""
+    for name in LIBRARY_LOGGERS:
+        lg = logging.getLogger(name)
+        for h in [h for h in lg.handlers if getattr(h, "semtag_cli", False)]:  # main() called again
+            lg.removeHandler(h)
+        if verbose:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("semtag: %(name)s: %(message)s"))
+            handler.semtag_cli = True
+            lg.addHandler(handler)
+            lg.propagate = False
+            lg.setLevel(logging.WARNING)
+        else:
+            lg.propagate = True
+            lg.setLevel(logging.CRITICAL + 1)
+
+
 def _stdout_closed() -> int:
     """The reader of our stdout went away (``semtag classify ... | head``): stop quietly, as a
     command killed by SIGPIPE would. Python's "Note on SIGPIPE" recipe: point stdout at devnull so
@@ -583,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args = build_parser().parse_args(argv)  # inside the try: semtag --help | head
+        if args.command not in ("serve", "worker"):  # the services keep the libraries' logs for their operators
+            _quiet_library_logs(args.verbose)
         rc = int(args.func(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe shows here rather than at exit
         return rc

@@ -1,5 +1,5 @@
-"""The semtag command as a newcomer meets it: help texts, --version, a closed pipe, and the messages that
-name CLI flags."""
+"""The semtag command as a newcomer meets it: help texts, --version, a closed pipe, library log noise,
+and the messages that name CLI flags."""
 
 from __future__ import annotations
 
@@ -140,6 +140,19 @@ def test_a_reader_that_stops_after_one_line(tmp_path: Path) -> None:
     proc.stderr.close()
     assert proc.wait(timeout=120) in (0, 141)
     assert "Traceback" not in err, err
+
+
+def test_library_log_messages_do_not_reach_the_user(tmp_path: Path) -> None:
+    good, bad = _write_tiffs(tmp_path)
+    proc = _semtag(["scale", str(bad), str(good)], tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert lines and all(line.startswith(f"semtag scale: {bad}: cannot be read: ") for line in lines), lines
+    assert proc.stdout.startswith(str(good))
+    # -v shows them, labelled
+    verbose = _semtag(["scale", "-v", str(bad)], tmp_path).stderr.splitlines()
+    assert any(line.startswith("semtag: tifffile: ") for line in verbose), verbose
+    assert all(line.startswith("semtag") for line in verbose), verbose
 
 
 def test_cluster_empty_selection_names_the_cli_flag(cli_env: Path, tmp_path: Path,
