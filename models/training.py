@@ -298,26 +298,90 @@ def read_metrics(run: Path | str) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_training(runs: list[str], out: Path | str, metric: str = "test_accuracy") -> Path:
-    """The paper's Figures 1–2: ``metric`` against epoch, one line per run, as PNG."""
+SPLIT_CURVES = (("train", "", "-"), ("validation", "val_", "--"), ("test", "test_", ":"))  # label, key prefix, style
+
+
+def _run_label(run: Path) -> str:
+    cfg_path = run / "config.json"
+    if cfg_path.is_file():
+        c = json.loads(cfg_path.read_text(encoding="utf-8"))
+        return f"{run.name} ({c.get('arch', '?')}, {c.get('mode', '?')})"
+    return run.name
+
+
+def is_synthetic_run(run: Path | str) -> bool:
+    """Whether the run trained on ``semtag synth`` output: the dataset root recorded in the run's
+    manifest.json (or its config's ``data`` folder) holds the MANIFEST.tsv that services/synth.py
+    writes beside its images (first columns file, category, category_index, style)."""
+    run = Path(run)
+    roots = []
+    for name, key in (("manifest.json", "root"), ("config.json", "data")):
+        try:
+            roots.append(Path(json.loads((run / name).read_text(encoding="utf-8"))[key]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    for root in roots:
+        try:
+            with open(root / "MANIFEST.tsv", encoding="utf-8") as fh:
+                header = fh.readline().rstrip("\n").split("\t")
+        except OSError:
+            continue
+        if header[:4] == ["file", "category", "category_index", "style"]:
+            return True
+    return False
+
+
+def draw_training(axes, runs: list[str], title: str | None = None) -> None:  # noqa: ANN001
+    """Draw the runs' accuracy (``axes[0]``) and loss (``axes[1]``) per epoch on train, validation and
+    test: one colour per run, one line style per split."""
+    from matplotlib.ticker import MaxNLocator
+
     if not runs:
         raise BadInput("give at least one run folder", "bad_params")
-    out = Path(out)
-    with png_figure(out, (7, 4.5), dpi=120) as (_, ax):
-        for run in runs:
-            rows = [r for r in read_metrics(run) if metric in r]
-            if not rows:
-                raise BadInput(f"{run} has no {metric} values", "bad_params")
-            cfg_path = Path(run) / "config.json"
-            label = Path(run).name
-            if cfg_path.is_file():
-                c = json.loads(cfg_path.read_text())
-                label = f"{Path(run).name} ({c['arch']}, {c['mode']})"
-            ax.plot([r["epoch"] for r in rows], [r[metric] for r in rows], marker="o", ms=3, label=label)
+    ax_acc, ax_loss = axes
+    fig = ax_acc.figure
+    labels, synthetic, max_loss = [], False, 0.0
+    for n, run in enumerate(map(Path, runs)):
+        rows = read_metrics(run)
+        if not any("accuracy" in r or "test_accuracy" in r for r in rows):
+            raise BadInput(f"{run} has no accuracy values in metrics.jsonl", "bad_params")
+        label, colour = _run_label(run), f"C{n % 10}"
+        labels.append(label)
+        synthetic = synthetic or is_synthetic_run(run)
+        for split, prefix, style in SPLIT_CURVES:
+            for ax, metric in ((ax_acc, "accuracy"), (ax_loss, "loss")):
+                pts = [(r["epoch"], r[prefix + metric]) for r in rows if r.get(prefix + metric) is not None]
+                pts = [(e, v) for e, v in pts if np.isfinite(v)]
+                if not pts:
+                    continue
+                if metric == "loss":
+                    max_loss = max(max_loss, max(v for _, v in pts))
+                ax.plot(*zip(*pts), style, color=colour, marker="o", ms=3, label=f"{label}, {split}")
+    for ax, metric in ((ax_acc, "accuracy"), (ax_loss, "loss")):
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric.replace("_", " "))
+        ax.set_ylabel(metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    ax_acc.set_ylim(0, 1)
+    ax_loss.set_ylim(0, max_loss * 1.05 if max_loss > 0 else 1)
+    ax_acc.set_title("accuracy")
+    ax_loss.set_title("loss")
+    ax_loss.legend(fontsize=7, loc="best")
+    if title is None:
+        title = "training: " + "; ".join(labels)
+    if synthetic:
+        title += "\nsynthetic data (semtag synth): not accuracy on real SEM images"
+    fig.suptitle(title, fontsize=10)
+
+
+def plot_training(runs: list[str], out: Path | str, title: str | None = None) -> Path:
+    """The paper's Figures 1–2 as PNG: accuracy and loss against epoch, each on train, validation
+    and test, for every run; titled, and marked when the data is synthetic."""
+    if not runs:
+        raise BadInput("give at least one run folder", "bad_params")
+    for run in runs:
+        read_metrics(run)  # a folder that is not a run fails before anything is drawn
+    out = Path(out)
+    with png_figure(out, (11, 4.5), dpi=120, ncols=2) as (_, axes):
+        draw_training(axes, runs, title)
     return out
-
-

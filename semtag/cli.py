@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -323,7 +324,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_plot_training(args: argparse.Namespace) -> int:
     from models.training import plot_training
 
-    print(plot_training(args.runs, args.out, args.metric))
+    print(plot_training(args.runs, args.out, title=args.title))
     return 0
 
 
@@ -388,124 +389,253 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = """\
+semtag reads the scale of scanning electron microscope (SEM) images and sorts them into the ten
+categories of the NFFA-EUROPE SEM dataset and into subcategories. Run it as an HTTP service
+(serve, worker) or straight on image files (scale, classify, cluster), and train, export and
+register the classifier it uses (synth, train, plot-training, export, models)."""
+
+EPILOG = """\
+common commands:
+  semtag scale IMAGE_OR_FOLDER ...            read the scale bar / metadata of images
+  semtag classify IMAGE_OR_FOLDER ...         classify images with the active model
+  semtag serve                                run the HTTP API on 127.0.0.1:8000
+  semtag synth --out data/synth               write a small synthetic data set (demos, tests)
+  semtag train --data DIR --arch alexnet --out runs/NAME
+                                              train a classifier
+  semtag export runs/NAME                     export a run to ONNX and register it
+  semtag models list                          the registered models; activate one with
+                                              semtag models activate VERSION
+
+Run "semtag COMMAND --help" for the options of a command.
+Settings come from SEMTAG_* environment variables (e.g. SEMTAG_DATA_DIR, default ./var)."""
+
+# The analysis methods of services.clustering.analysis.ALL_METHODS, spelled out so that building the
+# parser does not import the clustering code (tests/test_cli.py checks that the two agree).
+CLUSTER_METHODS = ("ward", "single", "complete", "centroid", "density_peaks")
+
+# Third-party libraries that log (at ERROR level, too) about files they can still partly read or that
+# semtag reports itself, e.g. tifffile on a truncated TIFF. Quiet unless -v is given.
+LIBRARY_LOGGERS = ("tifffile", "PIL", "imagecodecs")
+IMAGE_COMMANDS = ("scale", "classify", "cluster", "train", "export")  # the ones that read images
+VERBOSE_HELP = "also show the warnings of the image libraries (tifffile, Pillow); semtag's own messages are always shown"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown in the help, except for flags, options without a default and help texts that
+    already say what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class TopHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``semtag --help``: the description and the epilog's command list printed as written."""
+
+
+def _add(sub, name: str, help: str, func, **kw) -> argparse.ArgumentParser:  # noqa: A002, ANN001
+    """A subcommand whose --help starts with the same sentence as its line in ``semtag --help``."""
+    sp = sub.add_parser(name, help=help, description=kw.pop("description", help[0].upper() + help[1:] + "."),
+                        formatter_class=HelpFormatter, **kw)
+    sp.set_defaults(func=func)
+    if name in IMAGE_COMMANDS:  # also after the command: semtag scale -v FILE
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+    return sp
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="semtag", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    from semtag import __version__
 
-    sp = sub.add_parser("serve", help="run the HTTP API (embedded defaults: SQLite, ./var, in-process tasks)")
-    sp.add_argument("--host", default=os.environ.get("SEMTAG_HOST", "127.0.0.1"))
-    sp.add_argument("--port", type=int, default=int(os.environ.get("SEMTAG_PORT", "8000")))
-    sp.add_argument("--workers", type=int, default=1)
-    sp.set_defaults(func=cmd_serve)
+    p = argparse.ArgumentParser(prog="semtag", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=TopHelpFormatter)
+    p.add_argument("--version", action="version", version=f"semtag {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
-    sp = sub.add_parser("worker", help="run a Celery worker")
-    sp.add_argument("--queues", default="inference,ocr,batch")
-    sp.add_argument("--concurrency", type=int, default=max(1, os.cpu_count() or 1))
-    sp.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
-    sp.add_argument("--loglevel", default="INFO")
-    sp.add_argument("--name", default=None)
+    sp = _add(sub, "serve", "run the HTTP API (embedded defaults: SQLite, ./var, in-process tasks)", cmd_serve)
+    sp.add_argument("--host", default=os.environ.get("SEMTAG_HOST", "127.0.0.1"),
+                    help="address to listen on (0.0.0.0: all interfaces); environment SEMTAG_HOST")
+    sp.add_argument("--port", type=int, default=int(os.environ.get("SEMTAG_PORT", "8000")),
+                    help="TCP port to listen on; environment SEMTAG_PORT")
+    sp.add_argument("--workers", type=int, default=1, help="number of server processes")
+
+    sp = _add(sub, "worker", "run a Celery worker (needs SEMTAG_BROKER_URL, e.g. a Redis URL)", cmd_worker)
+    sp.add_argument("--queues", default="inference,ocr,batch",
+                    help="comma-separated queues to consume, from inference, ocr, batch")
+    sp.add_argument("--concurrency", type=int, default=max(1, os.cpu_count() or 1),
+                    help="worker processes or threads (one per CPU)")
+    sp.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],
+                    help="Celery execution pool")
+    sp.add_argument("--loglevel", default="INFO", help="Celery log level (DEBUG, INFO, WARNING, ERROR)")
+    sp.add_argument("--name", default=None, help="worker node name (default: semtag-QUEUES@HOSTNAME)")
     sp.add_argument("--beat", action="store_true", help="also run the periodic reconciler (one worker only)")
-    sp.add_argument("--metrics-port", type=int, default=None)
-    sp.set_defaults(func=cmd_worker)
+    sp.add_argument("--metrics-port", type=int, default=None,
+                    help="serve Prometheus metrics on this port (default: SEMTAG_WORKER_METRICS_PORT, or none)")
 
-    sp = sub.add_parser("db", help="database migrations")
-    sp.add_argument("action", choices=["upgrade", "downgrade", "check"])
-    sp.add_argument("revision", nargs="?")
-    sp.set_defaults(func=cmd_db)
+    sp = _add(sub, "db", "database migrations: upgrade, downgrade or check the schema", cmd_db)
+    sp.add_argument("action", choices=["upgrade", "downgrade", "check"],
+                    help="upgrade: migrate to REVISION (default head); downgrade: go back to REVISION "
+                         "(default one step); check: compare the schema with the models, exit 1 on drift")
+    sp.add_argument("revision", nargs="?", help="Alembic revision: an id, head, or a relative step such as -1")
 
-    sp = sub.add_parser("scale", help="read the scale of images (metadata first, then OCR of the data bar)")
-    sp.add_argument("paths", nargs="+", help="image files or folders")
-    sp.add_argument("--json", action="store_true", help="one JSON object per line")
-    sp.set_defaults(func=cmd_scale)
+    sp = _add(sub, "scale", "read the scale of images (metadata first, then OCR of the data bar)", cmd_scale)
+    sp.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line instead of tab-separated text")
 
-    sp = sub.add_parser("classify", help="classify images with the active model (or --model FILE.onnx)")
+    sp = _add(sub, "classify", "classify images with the active model (or --model FILE.onnx)", cmd_classify)
     sp.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     sp.add_argument("--model", default=None, help="an exported .onnx file instead of the active registry model")
-    sp.add_argument("--batch-size", type=int, default=32)
-    sp.add_argument("--threads", type=int, default=None)
-    sp.add_argument("--json", action="store_true", help="one JSON object per line")
-    sp.set_defaults(func=cmd_classify)
+    sp.add_argument("--batch-size", type=int, default=32, help="images per inference batch")
+    sp.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: its own choice)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line instead of tab-separated text")
 
-    sp = sub.add_parser("cluster", help="discover subcategories (features → ID → autoencoder → clusterings → NMI)")
+    sp = _add(sub, "cluster", "discover subcategories (features, intrinsic dimension, autoencoder, clusterings, NMI)",
+              cmd_cluster, description=(
+                  "Discover subcategories. Without --features or --images: the classified images in the "
+                  "database, with the active model's features, and the subcategories are written back. "
+                  "With --features or --images: the analysis only, nothing is written to the database."))
     src = sp.add_mutually_exclusive_group()
     src.add_argument("--features", help="a saved (N, D) .npy feature matrix (analysis only, nothing written to the db)")
     src.add_argument("--images", help="an image folder (with --model); category folders give labels")
-    sp.add_argument("--labels", help="with --features: (N,) .npy of labels 0–9, -1 where unknown")
+    sp.add_argument("--labels", help="with --features: (N,) .npy of labels 0-9, -1 where unknown")
     sp.add_argument("--model", help="with --images: the exported .onnx model")
     sp.add_argument("--out", default="clustering", help="folder for the figures, analysis.json and report.html")
-    sp.add_argument("--scale-min-nm", type=float, default=1000.0)
-    sp.add_argument("--scale-max-nm", type=float, default=2000.0)
-    sp.add_argument("--all-scales", action="store_true", help="no scale selection")
-    sp.add_argument("--output", default="logits", choices=["logits", "features"])
-    sp.add_argument("--within", default="category", choices=["category", "all"])
-    sp.add_argument("--method", default="ward", help="the method whose hierarchy becomes subcategories")
+    sp.add_argument("--scale-min-nm", type=float, default=1000.0,
+                    help="only images whose scale bar stands for at least this many nanometres")
+    sp.add_argument("--scale-max-nm", type=float, default=2000.0,
+                    help="only images whose scale bar stands for at most this many nanometres")
+    sp.add_argument("--all-scales", action="store_true",
+                    help="no scale selection: ignore --scale-min-nm and --scale-max-nm")
+    sp.add_argument("--output", default="logits", choices=["logits", "features"],
+                    help="the model output used as features: logits (the paper's choice) or the pooled "
+                         "penultimate layer")
+    sp.add_argument("--within", default="category", choices=["category", "all"],
+                    help="cut subcategories within each category, or over all selected images together")
+    sp.add_argument("--method", default="ward", choices=CLUSTER_METHODS,
+                    help="the method whose hierarchy becomes the subcategories")
     sp.add_argument("--k", type=int, default=5, help="subcategories per category (or in all, with --within all)")
-    sp.add_argument("--methods", default=None, help="comma-separated; default all five")
-    sp.add_argument("--no-autoencoder", action="store_true")
-    sp.add_argument("--code-dim", type=int, default=10)
-    sp.add_argument("--complete-sample", type=int, default=None)
-    sp.add_argument("--dp-k", type=int, default=30)
-    sp.set_defaults(func=cmd_cluster)
+    sp.add_argument("--methods", default=None,
+                    help="comma-separated methods to analyse and compare (default: all five: "
+                         f"{', '.join(CLUSTER_METHODS)})")
+    sp.add_argument("--no-autoencoder", action="store_true",
+                    help="cluster the features as they are, without the autoencoder's reduction")
+    sp.add_argument("--code-dim", type=int, default=10, help="size of the autoencoder's code")
+    sp.add_argument("--complete-sample", type=int, default=None,
+                    help="complete linkage on a random sample of this many images (default: all, if they "
+                         "fit the memory budget)")
+    sp.add_argument("--dp-k", type=int, default=30, help="neighbours used by the density-peaks density estimate")
 
-    sp = sub.add_parser("synth", help="write synthetic SEM-like images of the ten categories (tests, demos)")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--per-class", type=int, default=20)
-    sp.add_argument("--size", default="1024x768", help="WxH including the data bar")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--format", default="png", choices=["png", "jpg", "tif"])
-    sp.set_defaults(func=cmd_synth)
+    sp = _add(sub, "synth", "write synthetic SEM-like images of the ten categories (tests, demos)", cmd_synth)
+    sp.add_argument("--out", required=True, help="folder to write (one subfolder per category, and MANIFEST.tsv)")
+    sp.add_argument("--per-class", type=int, default=20, help="images per category")
+    sp.add_argument("--size", default="1024x768", help="image size WxH in pixels, data bar included")
+    sp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same images)")
+    sp.add_argument("--format", default="png", choices=["png", "jpg", "tif"], help="image file format")
 
     from services.classify.schemas import ARCH_NAMES, MODE_NAMES
 
-    sp = sub.add_parser("train", help="train a classifier on a labelled folder or a dataset manifest")
+    sp = _add(sub, "train", "train a classifier on a labelled folder or a dataset manifest", cmd_train)
     sp.add_argument("--data", required=True, help="one folder per category, or a manifest.json of an earlier run")
-    sp.add_argument("--arch", required=True, choices=ARCH_NAMES)
-    sp.add_argument("--mode", default="scratch", choices=MODE_NAMES)
-    sp.add_argument("--init", default=None, help="checkpoint: ImageNet weights file (no top) or a run folder")
-    sp.add_argument("--epochs", type=int, default=10)
-    sp.add_argument("--fe-epochs", type=int, default=None, help="fe+ft: epochs of feature extraction first")
-    sp.add_argument("--batch-size", type=int, default=32)
-    sp.add_argument("--image-size", type=int, default=None, help="input side (default 299; 227 for AlexNet)")
-    sp.add_argument("--lr", type=float, default=None)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--no-augment", action="store_true")
+    sp.add_argument("--arch", required=True, choices=ARCH_NAMES, help="network architecture")
+    sp.add_argument("--mode", default="scratch", choices=MODE_NAMES,
+                    help="scratch: random start; feature-extraction: train the last layer of a checkpoint; "
+                         "fine-tuning: train all layers of a checkpoint; fe+ft: the two in turn")
+    sp.add_argument("--init", default=None,
+                    help="checkpoint for the modes other than scratch: ImageNet weights file (no top) or a "
+                         "run folder; nothing is downloaded")
+    sp.add_argument("--epochs", type=int, default=10, help="training epochs (all stages together)")
+    sp.add_argument("--fe-epochs", type=int, default=None,
+                    help="fe+ft: epochs of feature extraction first (default: half of --epochs)")
+    sp.add_argument("--batch-size", type=int, default=32, help="images per training batch")
+    sp.add_argument("--image-size", type=int, default=None,
+                    help="input side in pixels (default: 299, the paper's size, meant for a GPU; 227 for "
+                         "AlexNet; 64-75 trains in minutes on a CPU)")
+    sp.add_argument("--lr", type=float, default=None,
+                    help="learning rate (default 1e-3 from scratch and for feature extraction, 1e-4 for "
+                         "fine tuning)")
+    sp.add_argument("--seed", type=int, default=0, help="random seed of the split, initialisation and augmentation")
+    sp.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     sp.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
-    sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("plot-training", help="test accuracy against epoch, one line per run (PNG)")
-    sp.add_argument("runs", nargs="+")
-    sp.add_argument("--out", default="training.png")
-    sp.add_argument("--metric", default="test_accuracy")
-    sp.set_defaults(func=cmd_plot_training)
+    sp = _add(sub, "plot-training", "accuracy and loss against epoch on train, validation and test (PNG)",
+              cmd_plot_training)
+    sp.add_argument("runs", nargs="+", help="run folders written by semtag train")
+    sp.add_argument("--out", default="training.png", help="PNG file to write")
+    sp.add_argument("--title", default=None,
+                    help="figure title (default: the architectures and modes of the runs)")
 
-    sp = sub.add_parser("export", help="export a run to ONNX (parity-checked) and register it")
-    sp.add_argument("run")
+    sp = _add(sub, "export", "export a run to ONNX (parity-checked) and register it", cmd_export)
+    sp.add_argument("run", help="run folder written by semtag train")
     sp.add_argument("--int8", action="store_true", help="also write a static INT8 (QDQ) model")
-    sp.add_argument("--no-register", action="store_true")
-    sp.set_defaults(func=cmd_export)
+    sp.add_argument("--no-register", action="store_true",
+                    help="only write the .onnx file(s) into the run folder, do not add them to the registry")
 
-    sp = sub.add_parser("models", help="the model registry: list, activate VERSION, import FILE.onnx")
-    sp.add_argument("action", choices=["list", "activate", "import"])
-    sp.add_argument("target", nargs="?")
-    sp.add_argument("--json", action="store_true")
+    sp = _add(sub, "models", "the model registry: list, activate VERSION, import FILE.onnx", cmd_models)
+    sp.add_argument("action", choices=["list", "activate", "import"],
+                    help="list the registered models (* marks the active one), activate one, or register "
+                         "an exported .onnx file")
+    sp.add_argument("target", nargs="?", help="activate: a version from models list; import: a FILE.onnx")
+    sp.add_argument("--json", action="store_true", help="list: one JSON object per line")
     sp.add_argument("--reclassify", action="store_true", help="activate: classify every image again with it")
-    sp.set_defaults(func=cmd_models)
 
-    sp = sub.add_parser("apikey", help="API keys (the new key is printed as the last line)")
-    sp.add_argument("action", choices=["create", "list", "revoke"])
-    sp.add_argument("--role", choices=["ingest", "read", "curator", "admin"], default="read")
-    sp.add_argument("--name", default=None)
-    sp.add_argument("--id", type=int, default=None)
-    sp.set_defaults(func=cmd_apikey)
+    sp = _add(sub, "apikey", "API keys (the new key is printed as the last line)", cmd_apikey)
+    sp.add_argument("action", choices=["create", "list", "revoke"], help="create a key, list keys, or revoke --id")
+    sp.add_argument("--role", choices=["ingest", "read", "curator", "admin"], default="read",
+                    help="create: what the key may do")
+    sp.add_argument("--name", default=None, help="create: a note to recognise the key by")
+    sp.add_argument("--id", type=int, default=None, help="revoke: the key's id, from apikey list")
     return p
 
 
+def _quiet_library_logs(verbose: bool) -> None:
+    """tifffile and friends log through ``logging``; with no handler configured Python prints those
+    records raw on stderr (e.g. ``<TiffTag.fromfile> raised TiffFileError(...)`` for a truncated TIFF),
+    next to semtag's own message about the same file. Hide them, or with -v show them labelled."""
+    for name in LIBRARY_LOGGERS:
+        lg = logging.getLogger(name)
+        for h in [h for h in lg.handlers if getattr(h, "semtag_cli", False)]:  # main() called again
+            lg.removeHandler(h)
+        if verbose:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("semtag: %(name)s: %(message)s"))
+            handler.semtag_cli = True
+            lg.addHandler(handler)
+            lg.propagate = False
+            lg.setLevel(logging.WARNING)
+        else:
+            lg.propagate = True
+            lg.setLevel(logging.CRITICAL + 1)
+
+
+def _stdout_closed() -> int:
+    """The reader of our stdout went away (``semtag classify ... | head``): stop quietly, as a
+    command killed by SIGPIPE would. Python's "Note on SIGPIPE" recipe: point stdout at devnull so
+    the flush at exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests capturing it)
+        pass
+    return 128 + 13  # 141, the shell's status for a command ended by SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     from services.errors import SemtagError
 
     try:
-        return int(args.func(args) or 0)
+        args = build_parser().parse_args(argv)  # inside the try: semtag --help | head
+        if args.command not in ("serve", "worker"):  # the services keep the libraries' logs for their operators
+            _quiet_library_logs(args.verbose)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here rather than at exit
+        return rc
+    except BrokenPipeError:
+        return _stdout_closed()
+    except KeyboardInterrupt:
+        print("semtag: interrupted", file=sys.stderr)
+        return 130
     except SemtagError as exc:
         print(f"semtag: {exc.message}", file=sys.stderr)
         return 2

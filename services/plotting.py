@@ -9,15 +9,17 @@ from typing import Any
 
 
 @contextmanager
-def png_figure(path: Path | str, figsize: tuple[float, float], dpi: int = 110) -> Iterator[tuple[Any, Any]]:
+def png_figure(path: Path | str, figsize: tuple[float, float], dpi: int = 110,
+               ncols: int = 1) -> Iterator[tuple[Any, Any]]:
     """``with png_figure(path, (6, 4)) as (fig, ax): ...`` draws one figure and, when the block
-    ends without an error, lays it out and saves it to ``path``; the figure is always closed."""
+    ends without an error, lays it out and saves it to ``path``; the figure is always closed.
+    With ``ncols`` > 1, ``ax`` is the row of panels (an array of axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+    fig, ax = plt.subplots(1, ncols, figsize=figsize, dpi=dpi)
     try:
         yield fig, ax
         fig.tight_layout()

@@ -113,7 +113,7 @@ def run_clustering(rt: Runtime, params: dict[str, Any], out_dir: Path, run_id: i
         rows = select_images(s, p["scale_min_nm"], p["scale_max_nm"])
     if not rows:
         rng = (f"{p['scale_min_nm']}–{p['scale_max_nm']} nm" if p["scale_min_nm"] or p["scale_max_nm"] else "any scale")
-        raise BadInput(f"no classified images with a scale bar in {rng}; widen the range or set both to null",
+        raise BadInput(f"no classified images with a scale bar in {rng}; widen the range, or set scale_min_nm and scale_max_nm to null in the job, or pass --all-scales on the command line",
                        "empty_selection")
     say(0.02, f"features of {len(rows)} images")
     X, ids = features_for(rt, model, rows, p["output"], lambda f: say(0.02 + 0.2 * f, "features"))

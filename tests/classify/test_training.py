@@ -129,6 +129,54 @@ def test_plot_training(scratch_run: Path, tmp_path: Path) -> None:
     assert main(["plot-training", str(tmp_path), "--out", str(out)]) == 2
 
 
+def _fake_run(folder: Path, epochs: int, data: Path | None = None) -> Path:
+    """A run folder as semtag train leaves it, as far as plot-training reads it (no TensorFlow)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"arch": "alexnet", "mode": "scratch", "data": str(data or folder)}))
+    if data is not None:
+        (folder / "manifest.json").write_text(json.dumps({"version": 1, "root": str(data.resolve()), "items": []}))
+    rows = [{"epoch": e, "stage": "scratch", "loss": 2.0 / e, "accuracy": 1 - 0.5 / e, "val_loss": 2.2 / e,
+             "val_accuracy": 0.98 - 0.5 / e, "test_loss": 2.3 / e, "test_accuracy": 0.97 - 0.5 / e, "seconds": 1.0}
+            for e in range(1, epochs + 1)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_plot_training_draws_accuracy_and_loss_of_every_split(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from matplotlib.figure import Figure
+
+    from models.training import draw_training, is_synthetic_run
+
+    synth = tmp_path / "synth"
+    write_dataset(synth, per_class=1, width=64, height=64, seed=0)
+    a = _fake_run(tmp_path / "a", 5, data=synth)
+    b = _fake_run(tmp_path / "b", 3)
+    assert is_synthetic_run(a) and not is_synthetic_run(b)
+
+    fig = Figure()
+    axes = fig.subplots(1, 2)
+    draw_training(axes, [str(a), str(b)])
+    acc, loss = axes
+    for ax in axes:
+        assert len(ax.get_lines()) == 6  # train, validation, test for each of the two runs
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert acc.get_ylim() == (0, 1) and loss.get_ylim()[0] == 0 and loss.get_ylim()[1] >= 2.3
+    labels = [line.get_label() for line in loss.get_lines()]
+    assert {"a (alexnet, scratch), train", "a (alexnet, scratch), validation", "a (alexnet, scratch), test"} <= set(labels)
+    assert list(acc.get_lines()[2].get_ydata()) == [0.97 - 0.5 / e for e in range(1, 6)]  # test accuracy of a
+    title = fig._suptitle.get_text()
+    assert "a (alexnet, scratch)" in title and "synthetic data" in title
+
+    fig = Figure()
+    draw_training(fig.subplots(1, 2), [str(b)], title="my runs")
+    assert fig._suptitle.get_text() == "my runs"  # real data: no synthetic note
+
+    out = tmp_path / "fig.png"
+    assert main(["plot-training", str(a), str(b), "--out", str(out), "--title", "t"]) == 0
+    assert capsys.readouterr().out.strip() == str(out) and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.fixture
 def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """The CLI on embedded defaults in a temporary data folder."""
