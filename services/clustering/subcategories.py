@@ -127,14 +127,14 @@ def run_clustering(rt: Runtime, params: dict[str, Any], out_dir: Path, run_id: i
     cfg = AnalysisConfig(methods=tuple(p["methods"]), autoencoder=p["autoencoder"], code_dim=p["code_dim"],
                          ae_epochs=p["ae_epochs"], dp_k=p["dp_k"], complete_sample=p["complete_sample"],
                          complete_budget_bytes=p["complete_budget_mb"] * 2**20)
-    try:
+    try:  # the estimators refuse data they cannot cluster with ValueError, as scikit-learn's do
         report = analyse(X, labels, cfg, out_dir, lambda f, m: say(0.22 + 0.6 * f, m))
-    except ValueError as exc:  # the estimators refuse data they cannot cluster, as scikit-learn's do
+        Z = report.pop("_codes")
+        models = report.pop("_models")
+        say(0.85, f"writing subcategories ({p['method']}, k = {p['k']}, within {p['within']})")
+        tree = write_tree(rt, Z, ids, cats, p, models.get(p["method"]), cfg, run_id)
+    except ValueError as exc:
         raise BadInput(f"clustering {len(ids)} images failed: {exc}", "clustering_failed") from None
-    Z = report.pop("_codes")
-    models = report.pop("_models")
-    say(0.85, f"writing subcategories ({p['method']}, k = {p['k']}, within {p['within']})")
-    tree = write_tree(rt, Z, ids, cats, p, models.get(p["method"]), cfg, run_id)
     report["tree"] = tree
     report["model_version"] = model.version
     report["selection"] = {"scale_min_nm": p["scale_min_nm"], "scale_max_nm": p["scale_max_nm"], "images": len(ids)}

@@ -16,7 +16,7 @@ import tifffile
 import semtag
 from semtag.cli import CLUSTER_METHODS, build_parser, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
