@@ -61,8 +61,9 @@ class ErrorRead(BaseModel):
     error: ErrorDetail
 
 
-_MEANING = {400: "the request cannot be parsed", 401: "missing or invalid API key", 403: "the key's role may not do this",
-            404: "not found", 409: "conflicts with the current state", 413: "too large",
+_MEANING = {400: "the request cannot be parsed", 401: "missing or invalid API key",
+            403: "the key's role may not do this", 404: "not found", 409: "conflicts with the current state",
+            413: "too large",
             415: "unsupported media type", 422: "invalid parameters or content", 503: "switched off or unavailable"}
 
 

@@ -11,6 +11,7 @@ from starlette.requests import Request
 
 import workers.metrics  # noqa: F401  (task duration histogram)
 from services.images.queries import count_by_status
+from services.runtime import Runtime
 
 REQUESTS = Counter("semtag_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("semtag_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
@@ -36,7 +37,7 @@ class StateCollector:
     """Read at scrape time: images by status (database) and queue depth (broker or in-process pool)."""
 
     def __init__(self) -> None:
-        self.runtime = None
+        self.runtime: Runtime | None = None
 
     def collect(self):  # noqa: ANN201
         rt = self.runtime
@@ -52,7 +53,7 @@ class StateCollector:
             pass
         depth = GaugeMetricFamily("semtag_queue_depth", "Tasks waiting", labels=["queue"])
         try:
-            d = rt.queue.depth()
+            d = rt.queue.depth()  # type: ignore[attr-defined]  # Celery and in-process queues report it
             for queue, n in (d.items() if isinstance(d, dict) else [("in_process", d)]):
                 depth.add_metric([queue], n)
             yield depth

@@ -7,6 +7,7 @@ the other parts are still read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -38,7 +39,7 @@ class Form:
 
 
 class _Collector:
-    def __init__(self, store: BlobStore, max_file_bytes: int, max_files: int):
+    def __init__(self, store: BlobStore, max_file_bytes: int, max_files: int) -> None:
         self.store, self.max_file_bytes, self.max_files = store, max_file_bytes, max_files
         self.form = Form()
         self._headers: dict[str, str] = {}
@@ -114,7 +115,7 @@ async def read_multipart(request: Request, store: BlobStore, max_file_bytes: int
     if length and length.isdigit() and int(length) > max_request_bytes:
         raise PayloadTooLarge(f"request body exceeds {max_request_bytes} bytes")
     collector = _Collector(store, max_file_bytes, max_files)
-    callbacks = {name: getattr(collector, name) for name in (
+    callbacks: Any = {name: getattr(collector, name) for name in (
         "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
         "on_part_data", "on_part_end")}
     parser = MultipartParser(params[b"boundary"], callbacks)
@@ -129,7 +130,7 @@ async def read_multipart(request: Request, store: BlobStore, max_file_bytes: int
     except SemtagError:
         collector.form.discard()
         raise
-    except Exception as exc:  # malformed multipart framing
+    except Exception as exc:  # noqa: BLE001 — malformed multipart framing, whatever the parser raises
         collector.form.discard()
         raise BadRequest(f"multipart body cannot be parsed: {exc}", "malformed_multipart") from None
     return collector.form

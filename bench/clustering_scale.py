@@ -25,7 +25,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _step(name: str, n: int, q) -> None:  # noqa: ANN001
+def _step(name: str, n: int, q) -> None:
     from services.clustering.synthetic import nested_blobs
 
     X, cls, sub = nested_blobs(n, dim=1001 if name in ("id", "autoencoder") else 10, latent_dim=9, classes=10,

@@ -174,7 +174,8 @@ def pipeline(model: Path, paths: list[Path], batch: int, workdir: Path, uploader
                "upload_seconds": upload_s, "upload_p50_ms": float(np.percentile(lat, 50)),
                "upload_p95_ms": float(np.percentile(lat, 95))}
         print(f"pipeline: {done}/{n} predictions in PostgreSQL; {res['pipeline_images_per_s']:.1f} images/s "
-              f"(first to last prediction); upload p50 {res['upload_p50_ms']:.0f} ms, p95 {res['upload_p95_ms']:.0f} ms "
+              f"(first to last prediction); upload p50 {res['upload_p50_ms']:.0f} ms, "
+              f"p95 {res['upload_p95_ms']:.0f} ms "
               f"({uploaders} uploaders, {n} uploads in {upload_s:.0f} s)")
         return res
     finally:

@@ -49,8 +49,8 @@ def _untrained_run(size: int, root: Path) -> Path:
     from models.architectures import build
     from services.data.categories import NAMES, SLUGS
     from services.data.datasets import build_manifest, scan_folder
-    from services.images.preprocess import Preprocessing
     from services.data.synth import write_dataset
+    from services.images.preprocess import Preprocessing
 
     data = root / "data"
     write_dataset(data, per_class=4, width=400, height=320, seed=1)

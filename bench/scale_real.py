@@ -20,8 +20,8 @@ os.environ.setdefault("OMP_THREAD_LIMIT", "1")
 if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as the target says
 
-from services.scale.reader import read_scale, sidecar_for  # noqa: E402
-from services.scale.units import parse_length  # noqa: E402
+from services.scale.reader import read_scale, sidecar_for
+from services.scale.units import parse_length
 
 CONFIDENT = 0.7
 

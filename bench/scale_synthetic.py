@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from services.data.synth import specimen
 from services.scale.reader import read_scale
 from services.scale.render import STYLES, render_databar
-from services.data.synth import specimen
 
 NICE = [(100, "nm"), (200, "nm"), (500, "nm"), (1, "µm"), (2, "µm"), (5, "µm"), (10, "µm"), (20, "µm"),
         (50, "µm"), (100, "µm"), (200, "µm"), (1, "mm")]

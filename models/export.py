@@ -100,7 +100,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> N
     quantising them cost 5 accuracy points, keeping them cost none.
     """
     import onnx
-
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -23,16 +23,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from services.classify.evaluation import classification_report, fit_temperature
 from services.classify.schemas import MODE_NAMES as MODES
 from services.data.categories import NAMES, SLUGS
 from services.data.datasets import Manifest, load_manifest_or_scan
 from services.errors import BadInput
-from services.classify.evaluation import classification_report, fit_temperature
-from services.plotting import png_figure
 from services.images.preprocess import Preprocessing
+from services.plotting import png_figure
 from services.storage import sha256_file
 
 DEFAULT_LR = {"scratch": 1e-3, "feature-extraction": 1e-3, "fine-tuning": 1e-4}
@@ -126,7 +127,7 @@ def load_init(model, arch: str, init: str) -> dict:  # noqa: ANN001
             backbone.load_weights(str(path))
     except BadInput:
         raise
-    except Exception as exc:  # noqa: BLE001 — Keras raises many types for a wrong file
+    except Exception as exc:
         raise BadInput(f"checkpoint {path} cannot be loaded into the {arch} backbone: {exc}", "bad_checkpoint") from exc
     return {"kind": kind, "path": str(path.resolve()), "sha256": sha256_file(path)}
 
@@ -160,8 +161,8 @@ def _epoch_log(*a, **k):  # noqa: ANN002, ANN003, ANN202 — the class is built 
     import tensorflow as tf
 
     class EpochLog(keras.callbacks.Callback):
-        def __init__(self, val_ds, test_ds, metrics_path: Path, tb_dir: Path, stage: str,
-                     epoch_offset: int, total_epochs: int, progress: ProgressFn | None):
+        def __init__(self, val_ds: Any, test_ds: Any, metrics_path: Path, tb_dir: Path, stage: str,
+                     epoch_offset: int, total_epochs: int, progress: ProgressFn | None) -> None:
             super().__init__()
             self.val_ds, self.test_ds = val_ds, test_ds
             self.metrics_path, self.stage = metrics_path, stage
@@ -174,7 +175,7 @@ def _epoch_log(*a, **k):  # noqa: ANN002, ANN003, ANN202 — the class is built 
 
         def on_epoch_end(self, epoch: int, logs=None) -> None:  # noqa: ANN001
             seconds = time.perf_counter() - self.t0
-            rec = {"epoch": self.offset + epoch + 1, "stage": self.stage,
+            rec: dict[str, Any] = {"epoch": self.offset + epoch + 1, "stage": self.stage,
                    "loss": float(logs.get("loss", np.nan)), "accuracy": float(logs.get("accuracy", np.nan)),
                    "train_seconds": round(seconds, 3)}
             for name, ds in (("val", self.val_ds), ("test", self.test_ds)):
@@ -235,7 +236,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, manifest: Manife
     model = build(cfg.arch, size, classes=len(SLUGS))
     for bn in _batchnorms(model):  # Keras' 0.99 forgets its initial statistics too slowly for short runs
         bn.momentum = min(bn.momentum, cfg.bn_momentum)
-    init_info = load_init(model, cfg.arch, cfg.init) if cfg.mode != "scratch" else None
+    init_info = load_init(model, cfg.arch, cfg.init) if cfg.mode != "scratch" and cfg.init else None
     config = {**asdict(cfg), "image_size": size, "manifest_sha256": manifest_sha, "init_info": init_info,
               "preprocessing": pp.to_dict(), "classes": list(SLUGS), "class_names": [NAMES[s] for s in SLUGS],
               "device": device, "tensorflow": tf.__version__, "keras": keras.__version__}

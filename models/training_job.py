@@ -7,7 +7,6 @@ died is run again: a finished training (report.json present) is reused, a partia
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from typing import Any
 
 from services.errors import BadInput
@@ -16,9 +15,9 @@ from services.jobs.service import JobContext
 
 def run_training(ctx: JobContext) -> dict[str, Any]:
     """The ``training`` job's handler; ``ctx.params`` is a validated :class:`TrainingParams` dump."""
-    from services.classify import registry
     from models.export import export_run
     from models.training import TrainConfig, train
+    from services.classify import registry
     from services.data.datasets import build_manifest, labelled_from_db
 
     p = ctx.params
@@ -40,7 +39,8 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
 
         def on_epoch(epoch: int, total: int, rec: dict) -> None:
             acc = rec.get("test_accuracy", rec.get("val_accuracy"))
-            msg = f"epoch {epoch}/{total}: loss {rec['loss']:.3f}" + (f", test accuracy {acc:.3f}" if acc is not None else "")
+            msg = f"epoch {epoch}/{total}: loss {rec['loss']:.3f}"
+            msg += f", test accuracy {acc:.3f}" if acc is not None else ""
             ctx.progress(0.85 * epoch / total, msg)
 
         report = train(cfg, progress=on_epoch, manifest=manifest)

@@ -6,6 +6,10 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from semtag.settings import Settings
 
 
 def _settings():  # noqa: ANN202
@@ -14,12 +18,14 @@ def _settings():  # noqa: ANN202
     return get_settings()
 
 
-def _where(s) -> str:  # noqa: ANN001
+def _where(s: Settings) -> str:
     """The database a command uses, as a person reads it (a path for SQLite, the URL without password)."""
     from sqlalchemy.engine import make_url
 
     url = make_url(s.effective_database_url)
-    return url.database if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    return url.render_as_string(hide_password=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -171,8 +177,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     model_path = args.model
     version = None
     if model_path is None:
-        from services.classify import registry
         from services import migrate
+        from services.classify import registry
         from services.db import session_scope
 
         migrate.upgrade(s.effective_database_url)
@@ -195,10 +201,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 unreadable += 1
                 print(f"semtag classify: {path}: cannot be read: {err}", file=sys.stderr)
                 continue
-            row = {"file": str(path), **res.to_dict(), "probabilities": dict(zip(engine.classes, res.probabilities)),
+            out = {"file": str(path), **res.to_dict(), "probabilities": dict(zip(engine.classes, res.probabilities)),
                    "model": version}
             if args.json:
-                print(json.dumps(row), flush=True)
+                print(json.dumps(out), flush=True)
             else:
                 flag = "  needs review" if res.needs_review else ""
                 print(f"{path}\t{res.category}\t{res.confidence:.3f}{flag}", flush=True)
@@ -215,7 +221,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from services.clustering.analysis import ALL_METHODS, AnalysisConfig, analyse
 
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else ALL_METHODS
-    say = (lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True))
+    def say(f: float, m: str) -> None:
+        print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True)
+
     if args.features or args.images:
         cfg = AnalysisConfig(methods=methods, autoencoder=not args.no_autoencoder, code_dim=args.code_dim,
                              complete_sample=args.complete_sample, dp_k=args.dp_k)
@@ -231,8 +239,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                                for m, e in report["methods"].items()}}
         print(json.dumps(summary))
         return 0
-    from services import migrate
     from semtag.bootstrap import build_runtime
+    from services import migrate
     from services.clustering.subcategories import run_clustering
 
     s = _settings()
@@ -251,9 +259,9 @@ def _folder_features(args: argparse.Namespace):  # noqa: ANN202
     """Features of a folder's images with --model; labels from category folders when the layout has them."""
     import numpy as np
 
+    from services.classify.inference import Engine
     from services.data.categories import index_of, to_slug
     from services.errors import BadInput
-    from services.classify.inference import Engine
     from services.scale.reader import read_scale, sidecar_for
 
     if not args.model:
@@ -335,8 +343,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export_run(args.run, int8=args.int8)
     if not args.no_register:
-        from services.classify import registry
         from services import migrate
+        from services.classify import registry
         from services.db import session_scope
 
         s = _settings()
@@ -353,9 +361,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     import json
 
+    from services import migrate
     from services.classify import registry
     from services.classify.schemas import ModelRead
-    from services import migrate
     from services.db import session_scope
 
     s = _settings()
@@ -418,7 +426,8 @@ CLUSTER_METHODS = ("ward", "single", "complete", "centroid", "density_peaks")
 # semtag reports itself, e.g. tifffile on a truncated TIFF. Quiet unless -v is given.
 LIBRARY_LOGGERS = ("tifffile", "PIL", "imagecodecs")
 IMAGE_COMMANDS = ("scale", "classify", "cluster", "train", "export")  # the ones that read images
-VERBOSE_HELP = "also show the warnings of the image libraries (tifffile, Pillow); semtag's own messages are always shown"
+VERBOSE_HELP = ("also show the warnings of the image libraries (tifffile, Pillow); "
+                "semtag's own messages are always shown")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -435,7 +444,7 @@ class TopHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """``semtag --help``: the description and the epilog's command list printed as written."""
 
 
-def _add(sub, name: str, help: str, func, **kw) -> argparse.ArgumentParser:  # noqa: A002, ANN001
+def _add(sub, name: str, help: str, func, **kw: Any) -> argparse.ArgumentParser:  # noqa: A002, ANN001
     """A subcommand whose --help starts with the same sentence as its line in ``semtag --help``."""
     sp = sub.add_parser(name, help=help, description=kw.pop("description", help[0].upper() + help[1:] + "."),
                         formatter_class=HelpFormatter, **kw)
@@ -600,7 +609,7 @@ def _quiet_library_logs(verbose: bool) -> None:
         if verbose:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("semtag: %(name)s: %(message)s"))
-            handler.semtag_cli = True
+            handler.semtag_cli = True  # type: ignore[attr-defined]
             lg.addHandler(handler)
             lg.propagate = False
             lg.setLevel(logging.WARNING)
@@ -622,7 +631,7 @@ def _stdout_closed() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from services.errors import SemtagError
+    from services.errors import SemtagError, missing_extra
 
     try:
         args = build_parser().parse_args(argv)  # inside the try: semtag --help | head
@@ -638,6 +647,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SemtagError as exc:
         print(f"semtag: {exc.message}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # a training command in the slim serving install
+        extra = missing_extra(exc)
+        if extra is None:
+            raise
+        print(f"semtag: {extra.message}", file=sys.stderr)
         return 2
 
 

@@ -21,7 +21,7 @@ class SemtagError(Exception):
     status: int = 500
     code: str = "error"
 
-    def __init__(self, message: str, code: str | None = None, *, headers: dict[str, str] | None = None):
+    def __init__(self, message: str, code: str | None = None, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code:
@@ -90,3 +90,22 @@ def validation_message(exc: ValidationError, prefix: str = "param") -> str:
         else:
             parts.append(f"{prefix} {loc!r}: {e['msg']}" if loc else str(e["msg"]))
     return "; ".join(parts)
+
+
+# What the `train` extra brings (pyproject.toml): the serving install runs without any of these.
+TRAIN_MODULES = frozenset({"tensorflow", "keras", "tf2onnx", "tensorboard"})
+
+
+class MissingExtra(Unavailable):
+    """A feature needs packages this installation leaves out (the slim serving install)."""
+
+    code = "missing_extra"
+
+
+def missing_extra(exc: ModuleNotFoundError) -> MissingExtra | None:
+    """The user-facing error for an import that failed because the ``train`` extra is not installed."""
+    root = (exc.name or "").split(".")[0]
+    if root not in TRAIN_MODULES:
+        return None
+    return MissingExtra(f"this needs TensorFlow ({root}), which the serving install leaves out: "
+                        "install semtag[train] (pip install 'semtag[train]')")

@@ -42,11 +42,10 @@ TASK_QUEUES = {TASK_READ_SCALE: "ocr", TASK_CLASSIFY: "inference", TASK_RUN_JOB:
 class Runtime:
     settings: Settings
     queue: TaskQueue = field(default_factory=NullQueue)
-    store: LocalBlobStore | None = None
+    store: LocalBlobStore = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.store is None:
-            self.store = blob_store_for(self.settings.data_dir)
+        self.store = blob_store_for(self.settings.data_dir)
 
     @property
     def db_url(self) -> str:

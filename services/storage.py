@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator, Protocol
+from typing import BinaryIO, Protocol
 
 from services.errors import PayloadTooLarge
 
@@ -29,7 +30,7 @@ def sha256_file(path: Path | str) -> str:
 class BlobTooLarge(PayloadTooLarge):
     code = "file_too_large"
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int) -> None:
         super().__init__(f"file exceeds the size limit of {limit} bytes")
         self.limit = limit
 
@@ -37,7 +38,7 @@ class BlobTooLarge(PayloadTooLarge):
 class BlobWriter:
     """A temporary file being filled chunk by chunk, with its running sha256 and size."""
 
-    def __init__(self, path: Path, max_bytes: int | None):
+    def __init__(self, path: Path, max_bytes: int | None) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.size = 0
@@ -78,7 +79,7 @@ class BlobStore(Protocol):
 class LocalBlobStore:
     """Blobs as files ``<root>/<aa>/<bb>/<sha256><suffix>``; temporary files in ``<root>/tmp``."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self.tmp = self.root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)

@@ -108,10 +108,10 @@ class Client:
     def auth(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[role]}"}
 
-    def upload(self, *files: tuple[str, bytes], role: str = "ingest", **data) -> "httpx.Response":  # noqa: F821
+    def upload(self, *files: tuple[str, bytes], role: str = "ingest", **data) -> httpx.Response:  # noqa: F821
         return self.http.post("/v1/images", files=[("file", f) for f in files], data=data, headers=self.auth(role))
 
-    def get(self, path: str, role: str = "read", **kw):  # noqa: ANN003, ANN201
+    def get(self, path: str, role: str = "read", **kw):
         return self.http.get(path, headers=self.auth(role), **kw)
 
     def wait(self) -> None:

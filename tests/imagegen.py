@@ -11,7 +11,7 @@ import tifffile
 from PIL import Image
 
 
-def _noise(h: int, w: int, seed: int = 0, dtype=np.uint8) -> np.ndarray:  # noqa: ANN001
+def _noise(h: int, w: int, seed: int = 0, dtype=np.uint8) -> np.ndarray:
     rng = np.random.default_rng(seed)
     hi = 255 if dtype == np.uint8 else 65535
     return rng.integers(0, hi, size=(h, w), dtype=dtype)

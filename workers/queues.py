@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class CeleryQueue:
-    def __init__(self, broker_url: str | None = None):
+    def __init__(self, broker_url: str | None = None) -> None:
         from workers.app import app
 
         if broker_url and app.conf.broker_url != broker_url:
@@ -44,7 +44,7 @@ class InlineQueue:
     the one a worker runs.
     """
 
-    def __init__(self, threads: int = 1):
+    def __init__(self, threads: int = 1) -> None:
         from workers.app import app
 
         self.app = app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery.signals import worker_ready
 from celery_batches import Batches
@@ -56,7 +57,7 @@ def classify(requests: list) -> dict:
 
 
 @worker_ready.connect
-def _warm_inference(sender=None, **_kw) -> None:  # noqa: ANN001
+def _warm_inference(sender=None, **_kw: Any) -> None:  # noqa: ANN001
     """An inference worker loads the active model and runs its batch sizes once before taking work."""
     if not app.conf.get("semtag_warm_inference"):
         return

@@ -40,12 +40,12 @@ def job_request_schema() -> dict[str, Any]:
         try:
             kind.params()
             params: Any = (kind.params, Field(default_factory=kind.params))
-        except Exception:  # the kind has required parameters
+        except Exception:  # noqa: BLE001 — whatever the model raises, the kind has required parameters
             params = (kind.params, ...)
         model_name = "".join(part.title() for part in name.split("_")) + "JobRequest"
-        variants.append(create_model(model_name, __doc__=kind.description, kind=(Literal[name], ...),  # type: ignore[call-overload]
-                                     params=params))
-    union = Annotated[Union[tuple(variants)], Field(discriminator="kind")]  # noqa: UP007
+        tag: Any = (Literal[name], ...)  # a type made at run time, from the registry
+        variants.append(create_model(model_name, __doc__=kind.description, kind=tag, params=params))
+    union: Any = Annotated[Union[tuple(variants)], Field(discriminator="kind")]  # noqa: UP007
     return TypeAdapter(union).json_schema(ref_template="#/components/schemas/{model}")
 
 

@@ -18,8 +18,7 @@ from services.curation.service import predictions_of, remove_label, set_label
 from services.errors import BadInput, SemtagError
 from services.images.ingest import ingest_file
 from services.images.queries import ImageFilter, image_detail, list_images
-from services.images.schemas import (ImagePage, ImageRead, PredictionHistory, PredictionRead, UploadItem,
-                                     UploadResponse)
+from services.images.schemas import ImagePage, ImageRead, PredictionHistory, PredictionRead, UploadItem, UploadResponse
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
@@ -58,7 +57,8 @@ async def upload_images(request: Request, rt: RuntimeDep,
             if part.error is None and sidecar is not None and sidecar.error is not None:
                 part.error = type(sidecar.error)(f"sidecar {sidecar.filename!r}: {sidecar.error.message}",
                                                  sidecar.error.code)
-            if part.error is not None:
+            if part.error is not None or part.writer is None:
+                part.error = part.error or BadInput(f"{part.filename!r} was not stored", "upload_failed")
                 errors.append(part.error)
                 items.append(UploadItem(filename=part.filename,
                                         error={"code": part.error.code, "message": part.error.message}))

@@ -11,11 +11,11 @@ from pydantic import ValidationError
 from api.dependencies import RuntimeDep
 from api.errors import documented
 from api.webhooks.schemas import IngestAccepted, IngestPayload
+from services.access.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, decode_base64_into, fetch_into, verify_signature
 from services.errors import BadInput, PayloadTooLarge
 from services.images.ingest import ingest_file
 from services.runtime import Runtime
 from services.storage import BlobWriter
-from services.access.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, decode_base64_into, fetch_into, verify_signature
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -36,7 +36,7 @@ def _ingest(rt: Runtime, payload: IngestPayload) -> IngestAccepted:
     try:
         if payload.content_base64 is not None:
             decode_base64_into(payload.content_base64, writer)
-        else:
+        elif payload.url is not None:
             fetch_into(payload.url, writer, s.webhook_url_allowlist, s.webhook_fetch_timeout_s)
         if payload.sidecar_base64:
             sidecar = rt.store.new_writer(1024 * 1024)

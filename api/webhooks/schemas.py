@@ -13,7 +13,7 @@ class IngestPayload(BaseModel):
     sidecar_base64: str | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "IngestPayload":
+    def _one_source(self) -> IngestPayload:
         if (self.content_base64 is None) == (self.url is None):
             raise ValueError("give exactly one of content_base64 or url")
         return self

@@ -89,11 +89,13 @@ def _block_c(x, n: str):  # noqa: ANN001, ANN202 — figure 6
     a = _conv(a, 256, (1, 1), name=f"{n}_a")
     b = _conv(x, 256, (1, 1), name=f"{n}_b")
     c = _conv(x, 384, (1, 1), name=f"{n}_c1")
-    c = layers.Concatenate(name=f"{n}_c")([_conv(c, 256, (1, 3), name=f"{n}_c2a"), _conv(c, 256, (3, 1), name=f"{n}_c2b")])
+    c = layers.Concatenate(name=f"{n}_c")([_conv(c, 256, (1, 3), name=f"{n}_c2a"),
+                                           _conv(c, 256, (3, 1), name=f"{n}_c2b")])
     d = _conv(x, 384, (1, 1), name=f"{n}_d1")
     d = _conv(d, 448, (1, 3), name=f"{n}_d2")
     d = _conv(d, 512, (3, 1), name=f"{n}_d3")
-    d = layers.Concatenate(name=f"{n}_d")([_conv(d, 256, (1, 3), name=f"{n}_d4a"), _conv(d, 256, (3, 1), name=f"{n}_d4b")])
+    d = layers.Concatenate(name=f"{n}_d")([_conv(d, 256, (1, 3), name=f"{n}_d4a"),
+                                           _conv(d, 256, (3, 1), name=f"{n}_d4b")])
     return layers.Concatenate(name=n)([a, b, c, d])
 
 

@@ -14,6 +14,7 @@ import httpx
 from services.errors import BadInput, Unauthorized, Unavailable
 from services.storage import BlobTooLarge, BlobWriter
 
+
 class WebhookDisabled(Unavailable):
     code = "webhook_disabled"
 

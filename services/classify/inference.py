@@ -93,7 +93,8 @@ class Engine:
     """An ONNX Runtime session for one exported semtag model."""
 
     def __init__(self, model_path: Path | str, providers: list[str] | None = None, threads: int | None = None,
-                 warmup: Iterable[int] = (), review_threshold: float = 0.6, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 warmup: Iterable[int] = (), review_threshold: float = 0.6,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         import onnxruntime as ort
 
         self.path = Path(model_path)
@@ -105,7 +106,7 @@ class Engine:
         so.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=choose_providers(providers))
-        except Exception as exc:  # noqa: BLE001 — onnxruntime raises its own exception types
+        except Exception as exc:
             raise BadInput(f"{self.path} cannot be loaded by ONNX Runtime: {exc}", "bad_model") from exc
         props = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in props:
@@ -193,7 +194,7 @@ class Engine:
                     x = np.stack([d[0] for _, d in ok])
                     for (p, _), res in zip(ok, self.classify_arrays(x, [d[1] for _, d in ok])):
                         results[id(p)] = res
-                for p, (d, err) in zip(chunk, decoded):
+                for p, (_d, err) in zip(chunk, decoded):
                     yield p, results.get(id(p)), err
         finally:
             pool.shutdown(wait=False, cancel_futures=True)

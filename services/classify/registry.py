@@ -36,7 +36,7 @@ def read_meta(path: Path | str) -> dict[str, Any]:
         raise NotFound(f"model file {path} does not exist")
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 — onnx raises DecodeError and others
+    except Exception as exc:
         raise BadInput(f"{path} is not an ONNX model: {exc}", "bad_model") from exc
     props = {p.key: p.value for p in model.metadata_props}
     if META_KEY not in props:

@@ -120,7 +120,8 @@ def analyse(X: np.ndarray, labels: np.ndarray, cfg: AnalysisConfig, out_dir: Pat
         raise BadInput(f"the selection holds {len(X)} images; the analysis needs at least 20", "empty_selection")
     bad = set(cfg.methods) - set(ALL_METHODS)
     if bad:
-        raise BadInput(f"unknown method(s) {', '.join(sorted(bad))}; choose from {', '.join(ALL_METHODS)}", "bad_params")
+        raise BadInput(f"unknown method(s) {', '.join(sorted(bad))}; choose from {', '.join(ALL_METHODS)}",
+                       "bad_params")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda f, m: None)
@@ -239,14 +240,16 @@ def write_html(report: dict, out: Path) -> Path:
              "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}</style>",
              "<h1>Subcategory analysis</h1>",
-             f"<p>{report['n']} images, {report['dim']}-dimensional features, {report['labelled']} with hand labels.</p>"]
+             f"<p>{report['n']} images, {report['dim']}-dimensional features, "
+             f"{report['labelled']} with hand labels.</p>"]
     idr = report["intrinsic_dimension"]
     parts += [f"<h2>Intrinsic dimension</h2><p>2-NN estimate (90% of points): {idr['estimate']:.2f}</p>",
               "<img src='id_vs_n.png'>", table(idr["by_sample_size"], ["n", "id_90", "id_70", "id_50"])]
     if "autoencoder" in report:
         a = report["autoencoder"]
         parts.append(f"<h2>Autoencoder</h2><p>code dimension {a['code_dim']}, validation reconstruction loss "
-                     f"{a['reconstruction_loss']:.4f} after {a['epochs']} epochs, ID after encoding {a['id_after']:.2f}</p>")
+                     f"{a['reconstruction_loss']:.4f} after {a['epochs']} epochs, "
+                     f"ID after encoding {a['id_after']:.2f}</p>")
     if "correlation_index" in report:
         parts.append("<h2>Distances</h2><p>correlation with the discrete distance: " + ", ".join(
             f"{k} {v:.3f}" for k, v in report["correlation_index"].items()) + "</p>")

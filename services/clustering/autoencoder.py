@@ -8,6 +8,7 @@ and keeps the best weights. Reports the validation reconstruction loss.
 from __future__ import annotations
 
 from numbers import Integral
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -62,9 +63,15 @@ class Autoencoder(TransformerMixin, BaseEstimator):
         Names of the features, when ``X`` had string column names.
     """
 
+    mean_: np.ndarray
+    scale_: np.ndarray
+    encoder_: Any
+    epochs_run_: int
+    reconstruction_loss_: float
+
     def __init__(self, code_dim: int = 10, hidden: tuple[int, ...] = (256, 64), epochs: int = 200,
                  batch_size: int = 256, patience: int = 10, validation_fraction: float = 0.1, lr: float = 1e-3,
-                 seed: int = 0):
+                 seed: int = 0) -> None:
         self.code_dim = code_dim
         self.hidden = hidden
         self.epochs = epochs

@@ -75,7 +75,12 @@ class DensityPeaks(ClusterMixin, BaseEstimator):
         Names of the features, when ``X`` had string column names.
     """
 
-    def __init__(self, k: int = 30, *, intrinsic_dim: float | None = None, n_clusters: int | None = None):
+    n_peaks_: int
+    max_k_: int
+    cluster_of_point_: np.ndarray
+    linkage_: np.ndarray
+
+    def __init__(self, k: int = 30, *, intrinsic_dim: float | None = None, n_clusters: int | None = None) -> None:
         self.k = k
         self.intrinsic_dim = intrinsic_dim
         self.n_clusters = n_clusters

@@ -102,8 +102,11 @@ class Hierarchical(ClusterMixin, BaseEstimator):
         Names of the features, when ``X`` had string column names.
     """
 
+    linkage_: np.ndarray
+    max_k_: int
+
     def __init__(self, method: str = "ward", *, n_clusters: int = 2, memory_budget_bytes: int = DEFAULT_BUDGET,
-                 sample_size: int | None = None, seed: int = 0):
+                 sample_size: int | None = None, seed: int = 0) -> None:
         self.method = method
         self.n_clusters = n_clusters
         self.memory_budget_bytes = memory_budget_bytes

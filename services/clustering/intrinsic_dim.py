@@ -85,7 +85,9 @@ class TwoNN(BaseEstimator):
         Names of the features, when ``X`` had string column names.
     """
 
-    def __init__(self, fraction: float = 0.9):
+    dimension_: float
+
+    def __init__(self, fraction: float = 0.9) -> None:
         self.fraction = fraction
 
     def fit(self, X: ArrayLike, y: object = None) -> TwoNN:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
@@ -27,8 +27,7 @@ class ClusteringParams(BaseModel):
     within: Literal["category", "all"] = Field("category", description="cut within each category, or over all")
     method: Method = Field("ward", description="the method whose hierarchy becomes the subcategories")
     k: int = Field(5, ge=1, description="subcategories per category (or in all)")
-    methods: list[Method] = Field(default_factory=lambda: ["single", "complete", "centroid", "ward",
-                                                           "density_peaks"],
+    methods: list[Method] = Field(default_factory=lambda: list(get_args(Method)),
                                   min_length=1, description="methods analysed and scored")
     autoencoder: bool = True
     code_dim: int | None = Field(10, ge=1, description="autoencoder code size; null: the ID estimate")

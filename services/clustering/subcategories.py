@@ -24,15 +24,21 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from services.data.categories import SLUGS, index_of, to_slug
+from services.classify import registry
 from services.clustering.analysis import AnalysisConfig, analyse, medoids
-from services.clustering.schemas import (ClusteringParams, SubcategoryDetail, SubcategoryMember, SubcategoryRead,
-                                         SubcategoryTree)
+from services.clustering.schemas import (
+    ClusteringParams,
+    SubcategoryDetail,
+    SubcategoryMember,
+    SubcategoryRead,
+    SubcategoryTree,
+)
+from services.data.categories import SLUGS, index_of, to_slug
 from services.errors import BadInput, NotFound, validation_message
 from services.jobs.service import JobContext
-from services.classify import registry
 from services.runtime import Runtime
 from services.tables import HumanLabel, Image, ModelVersion, StepState, Subcategory
+
 
 def validate_params(params: dict[str, Any] | ClusteringParams) -> dict[str, Any]:
     """The run's parameters with every default filled in (raises BadInput with the reasons)."""
@@ -113,8 +119,8 @@ def run_clustering(rt: Runtime, params: dict[str, Any], out_dir: Path, run_id: i
         rows = select_images(s, p["scale_min_nm"], p["scale_max_nm"])
     if not rows:
         rng = (f"{p['scale_min_nm']}–{p['scale_max_nm']} nm" if p["scale_min_nm"] or p["scale_max_nm"] else "any scale")
-        raise BadInput(f"no classified images with a scale bar in {rng}; widen the range, or set scale_min_nm and scale_max_nm to null in the job, or pass --all-scales on the command line",
-                       "empty_selection")
+        raise BadInput(f"no classified images with a scale bar in {rng}; widen the range, or set scale_min_nm and "
+                       "scale_max_nm to null in the job, or pass --all-scales on the command line", "empty_selection")
     say(0.02, f"features of {len(rows)} images")
     X, ids = features_for(rt, model, rows, p["output"], lambda f: say(0.02 + 0.2 * f, "features"))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -174,7 +180,8 @@ def write_tree(rt: Runtime, Z: np.ndarray, ids: list[int], cats: dict[int, str |
                 if not len(local):
                     continue
                 glob = members[local]
-                parent = cat if cat is not None else Counter(cats.get(int(i)) for i in ids_arr[glob]).most_common(1)[0][0]
+                parent = (cat if cat is not None
+                          else Counter(cats.get(int(i)) for i in ids_arr[glob]).most_common(1)[0][0])
                 reps = [int(ids_arr[i]) for i in medoids(Z, glob)]
                 row = Subcategory(parent_category=parent, run_id=run_id, method=p["method"], k=k, index=c,
                                   name=f"{parent or 'all'} · {p['method']} {c + 1}/{k}", size=len(glob),

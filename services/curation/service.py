@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlalchemy import and_, desc, func, select
 from sqlalchemy.orm import Session
 
+from services.classify import registry
 from services.curation.schemas import LabelRead, LabelRemoved, ReviewItem, ReviewPage
 from services.data.categories import to_slug
 from services.errors import BadInput, NotFound
-from services.classify import registry
 from services.tables import HumanLabel, Image, Prediction, utcnow
 
 MAX_PAGE = 500

@@ -169,7 +169,7 @@ def assign_splits(items: list[Item], fractions: tuple[float, float, float], seed
         by_group[it.group].append(it)
     totals = Counter(it.label for it in items)
     target = {s: {c: f * totals[c] for c in totals} for s, f in zip(SPLITS, fractions)}
-    have = {s: Counter() for s in SPLITS}
+    have: dict[str, Counter[int]] = {s: Counter() for s in SPLITS}
     groups = list(by_group.values())
     random.Random(seed).shuffle(groups)
     groups.sort(key=len, reverse=True)  # big groups first, while every split still has room

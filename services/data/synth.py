@@ -33,8 +33,7 @@ _NICE = [(1, "nm"), (2, "nm"), (5, "nm"), (10, "nm"), (20, "nm"), (50, "nm"), (1
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.ndarray:
-    n = rng.standard_normal((h, w)).astype(np.float32)
-    n = cv2.GaussianBlur(n, (0, 0), max(0.5, sigma))
+    n = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), max(0.5, sigma))
     return (n - n.mean()) / (n.std() + 1e-6)
 
 

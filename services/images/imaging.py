@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import tifffile
@@ -111,7 +112,7 @@ def _probe_tiff(path: Path, max_pixels: int) -> ImageInfo:
     size = path.stat().st_size
     try:
         with tifffile.TiffFile(path) as tif:
-            pages = list(tif.pages)
+            pages = cast(list[tifffile.TiffPage], list(tif.pages))  # frames share their page's attributes
             if not pages:
                 raise InvalidImage("TIFF file has no pages")
             first = pages[0]
@@ -231,9 +232,8 @@ def load_gray(path: Path | str, max_pixels: int, min_side: int | None = None) ->
                     _check_pixels(img.size[0], img.size[1], 1, max_pixels)
                     if min_side and fmt == "JPEG" and img.mode in ("L", "RGB"):
                         img.draft(img.mode, (min_side, min_side))
-                    if img.mode == "P" or img.mode == "1":
-                        img = img.convert("L")
-                    return _gray(np.asarray(img))
+                    grey = img.convert("L") if img.mode in ("P", "1") else img
+                    return _gray(np.asarray(grey))
         except ImageRejected:
             raise
         except Exception as exc:
@@ -241,7 +241,7 @@ def load_gray(path: Path | str, max_pixels: int, min_side: int | None = None) ->
     info = probe(path, max_pixels)
     try:
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
+            page = cast(tifffile.TiffPage, tif.pages[0])
             arr = page.asarray()
             if info.mode == "P" and page.colormap is not None:
                 cmap = np.asarray(page.colormap)

@@ -113,7 +113,7 @@ def ingest_file(
             image_id = image.id
     except IntegrityError:  # the same bytes arrived concurrently: the other upload won
         with rt.session() as s:
-            existing = s.scalar(select(Image).where(Image.sha256 == sha))
+            existing = s.scalars(select(Image).where(Image.sha256 == sha)).one()
             return IngestResult(existing.id, sha, existing.filename, existing.status, True)
 
     enqueue_processing(rt, image_id)

@@ -12,7 +12,6 @@ from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from services.classify import registry
 from services.images.imaging import ImageRejected, load_gray
@@ -118,7 +117,7 @@ def warm_engine(rt: Runtime) -> str | None:
     return model.version
 
 
-def _store_predictions(rt: Runtime, model: ModelVersion, done: list) -> dict[int, str]:  # noqa: ANN001
+def _store_predictions(rt: Runtime, model: ModelVersion, done: list) -> dict[int, str]:
     out = {}
     with rt.session() as s:
         for iid, res in done:
@@ -163,7 +162,7 @@ def classify_batch(rt: Runtime, image_ids: list[int]) -> dict[int, str]:
             if img.status == ImageStatus.pending.value:
                 img.status = ImageStatus.processing.value
             todo.append((iid, rt.store.local_path(img.storage_key)))
-    if not todo:
+    if not todo or model is None:
         return out
     engine = _engine(rt, model)
     results = list(engine.classify_paths([p for _, p in todo], batch_size=max(1, rt.settings.inference_batch_size)))

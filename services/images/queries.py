@@ -11,11 +11,11 @@ from typing import Any
 from sqlalchemy import desc, func, select
 from sqlalchemy.orm import Session
 
+from services.classify import registry
 from services.data.categories import to_slug
 from services.errors import BadInput, NotFound
-from services.scale.units import bin_edges_nm, parse_length, to_nm
-from services.classify import registry
 from services.images.schemas import ImageDetail
+from services.scale.units import bin_edges_nm, parse_length, to_nm
 from services.tables import HumanLabel, Image, ImageStatus, Prediction, ScaleReading, Subcategory
 
 MAX_PAGE = 500

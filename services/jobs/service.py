@@ -20,8 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
-from services.errors import BadInput, Conflict, NotFound, SemtagError, validation_message
+from services.errors import BadInput, Conflict, NotFound, SemtagError, missing_extra, validation_message
 from services.jobs.schemas import SelftestParams
 from services.runtime import TASK_RUN_JOB, Runtime
 from services.tables import Job, JobStatus, utcnow
@@ -56,7 +57,7 @@ class JobContext:
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Record progress; raises :class:`JobCancelled` when the job was cancelled meanwhile."""
         with self.rt.session() as s:
-            job = s.get(Job, self.job_id)
+            job = _row(s, self.job_id)
             if job.status == JobStatus.cancelled.value:
                 raise JobCancelled(f"job {self.job_id} was cancelled")
             job.progress = max(0.0, min(1.0, float(fraction)))
@@ -122,12 +123,16 @@ def create_job(rt: Runtime, kind: str, params: dict[str, Any] | None, created_by
     return job
 
 
+def _row(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
 def get_job(rt: Runtime, job_id: int) -> Job:
     with rt.session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise NotFound(f"job {job_id} not found")
-        return job
+        return _row(s, job_id)
 
 
 def list_jobs(rt: Runtime, status: str | None = None, kind: str | None = None, limit: int = 50,
@@ -185,13 +190,15 @@ def run_job(rt: Runtime, job_id: int) -> str:
     except JobCancelled:
         return JobStatus.cancelled.value
     except Exception as exc:  # recorded on the row: the job failed, the worker goes on
+        if isinstance(exc, ModuleNotFoundError):
+            exc = missing_extra(exc) or exc
         if isinstance(exc, SemtagError):
             error = exc.message
         else:
             log.exception("job %s (%s) failed", job_id, kind)
             error = f"internal error: {type(exc).__name__}: {exc} (the traceback is in the worker's log)"
         with rt.session() as s:
-            job = s.get(Job, job_id)
+            job = _row(s, job_id)
             if job.status == JobStatus.cancelled.value:
                 return job.status
             job.status = JobStatus.failed.value
@@ -200,7 +207,7 @@ def run_job(rt: Runtime, job_id: int) -> str:
             job.finished_at = utcnow()
         return JobStatus.failed.value
     with rt.session() as s:
-        job = s.get(Job, job_id)
+        job = _row(s, job_id)
         if job.status == JobStatus.cancelled.value:
             return job.status
         job.status = JobStatus.succeeded.value

@@ -56,7 +56,8 @@ def _inside_text(bar: Bar, words: list[ocr.Word]) -> bool:
 
 def _pair(labels: list[ocr.Label], bars: list[Bar], mag: float | None = None,
           width: int = 0) -> tuple[ocr.Label | None, Bar | None]:
-    best, best_score = (None, None), None
+    best: tuple[ocr.Label | None, Bar | None] = (None, None)
+    best_score: float | None = None
     for lab in labels:
         lh = max(6.0, lab.box[3] - lab.box[1])
         lx0, ly0, lx1, ly1 = lab.box
@@ -139,7 +140,8 @@ def label_from_mag(words: list[ocr.Word], bars: list[Bar], mag: float | None,
     for bar in bars[:3]:
         for i, w in enumerate(words):
             lh = max(6.0, float(w.height))
-            if _box_gap((w.left, w.top, w.left + w.width, w.top + w.height), bar) > 3.0 * lh + 10 or _NOT_A_LABEL.search(w.text) or re.search(r"\d,\d{3}", w.text):
+            far = _box_gap((w.left, w.top, w.left + w.width, w.top + w.height), bar) > 3.0 * lh + 10
+            if far or _NOT_A_LABEL.search(w.text) or re.search(r"\d,\d{3}", w.text):
                 continue  # another field, or a magnification such as '10,000'
             if i > 0 and re.fullmatch(r"(WD|HFW|FOV|X|x)[:=]?", words[i - 1].text.strip()):
                 continue
@@ -207,7 +209,8 @@ def _line_of(blob: tuple[int, int, int, int], blobs: list[tuple[int, int, int, i
     return x0, y0, x1, y1
 
 
-def _blobs_near(blobs: list[tuple[int, int, int, int]], bars: list[Bar], per_bar: int = 3) -> list[tuple[int, int, int, int]]:
+def _blobs_near(blobs: list[tuple[int, int, int, int]], bars: list[Bar],
+                per_bar: int = 3) -> list[tuple[int, int, int, int]]:
     """The text lines nearest to each bar (at most ``per_bar`` each, within 2.5 line heights)."""
     chosen: list[tuple[int, int, int, int]] = []
     for bar in bars:
@@ -268,7 +271,8 @@ def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
     for bar in bars:
         pad_x = int(max(bar.right - bar.left, 60))
         pad_y = int(max(30, 0.6 * (bar.right - bar.left)))
-        region = (max(0, bar.left - pad_x), max(0, bar.top - pad_y), min(w, bar.right + pad_x), min(h, bar.bottom + pad_y))
+        region = (max(0, bar.left - pad_x), max(0, bar.top - pad_y),
+                  min(w, bar.right + pad_x), min(h, bar.bottom + pad_y))
         ink = 255 if gray[bar.y, int(bar.cx)] >= 128 else 0  # labels are drawn in the bar's colour
         words = _read_blobs(gray, _blobs_near(text_blobs(gray, region, [bar], ink=ink), [bar]))
         candidates = [interpret(words, [bar], ocr.parse_fields(_text_of(words)), w, None)] if words else []
@@ -293,7 +297,8 @@ def read_ocr(gray: np.ndarray) -> OcrReading:
         r.databar_box = list(box)  # the whole band, for cropping it away before classification
         return r
     panels: list[tuple[int, int, int, int]] = []
-    bars = sorted((b for m in overlay_masks(gray) for b in find_bars(gray, panels=panels, mask=m)), key=lambda b: -b.length)
+    bars = sorted((b for m in overlay_masks(gray) for b in find_bars(gray, panels=panels, mask=m)),
+                  key=lambda b: -b.length)
     best = OcrReading(reason="no data bar and no labelled scale bar found")
     for panel in sorted(panels, key=lambda p: -p[3])[:2]:  # lowest first
         r = _read_panel(gray, panel, w)
@@ -335,7 +340,7 @@ def interpret(words: list[ocr.Word], bars: list[Bar], fields: dict, w: int,
                     f"{'printed field width' if _field_width_px(r.fields, w) else 'magnification'}")
         r.confidence = 0.4
         return r
-    label, bar = _pair(labels, bars, parse_mag(r.fields.get("mag")), w)
+    label, bar = _pair(labels, bars, parse_mag(r.fields.get("mag")), w)  # type: ignore[assignment]  # a label: labels
     r.scale_value, r.scale_unit, r.label_text = label.value, label.unit, label.text
     conf = 0.45
     if bar is not None:
@@ -357,7 +362,7 @@ def interpret(words: list[ocr.Word], bars: list[Bar], fields: dict, w: int,
             # a unit misread (µm as mm, nm as µm) is off by 1000×: try the neighbouring unit
             alt_unit = {"mm": "µm", "µm": "nm" if ratio > 1 else "mm", "nm": "µm"}.get(label.unit)
             alt_ratio = ratio * (to_nm(1, alt_unit) / to_nm(1, label.unit)) if alt_unit else None
-            if alt_ratio is not None and 0.3 <= alt_ratio <= 3.5:
+            if alt_unit is not None and alt_ratio is not None and 0.3 <= alt_ratio <= 3.5:
                 r.fields["unit_corrected_from"] = label.unit
                 r.scale_unit = alt_unit
                 r.pixel_size_nm = to_nm(label.value, alt_unit) / bar.length if bar is not None else None

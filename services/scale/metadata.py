@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import tifffile
 
@@ -51,7 +51,7 @@ def _finish(r: MetaReading, image_width: int | None) -> MetaReading:
         r.pixel_size_nm = None
     if r.pixel_size_nm is None and _px_ok(fw_px):
         r.pixel_size_nm, r.pixel_size_from = fw_px, "field width / image width"
-    elif r.pixel_size_nm is not None and _px_ok(fw_px):
+    elif r.pixel_size_nm is not None and fw_px is not None and _px_ok(fw_px):
         r.cross_check = abs(r.pixel_size_nm - fw_px) / fw_px
         if r.cross_check > CROSS_CHECK_TOLERANCE:
             # the recorded pixel size refers to another resolution than the stored one
@@ -126,8 +126,11 @@ def to_kv(value: Any, unit: str = "kV") -> float:
 # ---- FEI / Thermo ------------------------------------------------------------------------
 
 def _num(d: dict, key: str) -> float | None:
+    value = d.get(key)
+    if value is None:
+        return None
     try:
-        v = float(d.get(key))
+        v = float(value)
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
@@ -286,7 +289,7 @@ def read_jeol(kv: dict[str, str], width: int, height: int) -> MetaReading:
         q = parse_length(marker)
         if q:
             r.scale_value, r.scale_unit = q
-    if bar and bar > 0 and r.scale_value:
+    if bar and bar > 0 and r.scale_value and r.scale_unit:
         r.bar_px = bar
         r.pixel_size_nm = to_nm(r.scale_value, r.scale_unit) / bar
         r.pixel_size_from = "$SM_MICRON_MARKER / $SM_MICRON_BAR"
@@ -305,7 +308,7 @@ def read_jeol(kv: dict[str, str], width: int, height: int) -> MetaReading:
 
 
 def parse_jeol(text: str) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("$"):
@@ -333,7 +336,7 @@ def read_metadata(path: Path | str, width: int, height: int, sidecar: Path | str
     reading = None
     try:
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
+            page = cast(tifffile.TiffPage, tif.pages[0])
             tags = page.tags
             if 34118 in tags and isinstance(tags[34118].value, dict):
                 reading = read_zeiss(tags[34118].value, width)

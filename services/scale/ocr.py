@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import cast
 
 import cv2
 import numpy as np
@@ -125,6 +126,7 @@ def read_label_glyphs(gray: np.ndarray, blob: tuple[int, int, int, int]) -> Word
     xh = m[3] - m[1]
     if xh < 4 or (m[2] - m[0]) < 0.9 * xh or (first[3] - first[1]) < 1.15 * xh:
         return None  # the word does not end in an x-height 'm' after taller digits
+    unit: str | None
     if u[3] - m[3] >= 0.2 * xh and u[1] >= m[1] - 0.25 * xh:
         unit = "µm"  # descends below the baseline, starts at x-height: µ
     else:
@@ -195,7 +197,7 @@ class Label:
 
 
 def _fix_digits(num: str) -> str:
-    return num.translate(str.maketrans({"O": "0", "o": "0", "I": "1", "l": "1", "|": "1", "S": "5", "B": "8", "T": "1"}))
+    return num.translate(str.maketrans("OoIl|SBT", "00111581"))
 
 
 _HEADER = re.compile(r"^(WD|HFW|VFW|FOV|Width|Height|Focus|Aperture|pressure|Depth)$", re.IGNORECASE)
@@ -231,7 +233,7 @@ def find_labels(words: list[Word]) -> list[Label]:
     labels = []
     for line in (p for ln in lines_of(words) for p in _phrases(ln)):
         # join the phrase keeping word boundaries, remember which word each character came from
-        text, owner = "", []
+        text, owner = "", cast(list[Word | None], [])
         for w in line:
             if text:
                 text += " "
@@ -298,7 +300,8 @@ def parse_fields(text: str) -> dict:
         m = re.search(r"\b(SEI|LEI|BSE|BSD|SE2|InLens|ETD|TLD|CBS|SE)\b", t)
         if m:
             f["detector"] = m.group(1)
-    m = re.search(r"\b(\d{4}[/.-]\d{1,2}[/.-]\d{1,2}|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}|\d{1,2}\s+[A-Z][a-z]{2}\s+\d{4})\b", t)
+    m = re.search(r"\b(\d{4}[/.-]\d{1,2}[/.-]\d{1,2}|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}"
+                  r"|\d{1,2}\s+[A-Z][a-z]{2}\s+\d{4})\b", t)
     if m:
         f["date"] = m.group(1)
     for vendor, pattern in _VENDORS:

@@ -133,7 +133,7 @@ def read_scale(path: Path | str, gray: np.ndarray | None = None, sidecar: Path |
         meta = MetaReading("unknown", reason=f"metadata unreadable: {type(exc).__name__}: {exc}")
     try:
         o = read_ocr(gray)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.exception("OCR failed on %s", path)
         o = OcrReading(reason=f"OCR failed: {type(exc).__name__}: {exc}")
     res = combine(meta, o)

@@ -76,7 +76,7 @@ def render_databar(image: np.ndarray, style: str, scale_value: float, scale_unit
         d.rectangle([x0, yb, x0 + bar_px, yb + t - 1], fill=fg)
         d.rectangle([x0 - t // 2, yb - tick, x0 - t // 2 + t - 1, yb + tick], fill=fg)
         d.rectangle([x0 + bar_px - t // 2, yb - tick, x0 + bar_px - t // 2 + t - 1, yb + tick], fill=fg)
-        bar_len = bar_px
+        bar_len: float = bar_px
         col = max(int(w * 0.3), x0 + bar_px + tick + fs)  # a long bar pushes the next column right
         d.text((col, y0 + zone_h * 0.12), f"EHT = {kv:.2f} kV", fill=fg, font=f)
         d.text((col, y0 + zone_h * 0.55), f"WD = {wd_mm:.1f} mm", fill=fg, font=f)

@@ -132,7 +132,7 @@ def test_failing_job_records_its_error(sqlite_client):
     from services.jobs.schemas import NoParams
     from services.jobs.service import JOB_KINDS, register_job_kind
 
-    def boom(ctx):  # noqa: ANN001, ANN202
+    def boom(ctx):
         ctx.progress(0.5, "half way")
         raise RuntimeError("the furnace is cold")
 

@@ -24,7 +24,7 @@ def files_server():
     payload = imagegen.tiff(seed=44)
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             if self.path.startswith("/files/sem.tif"):
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(payload)))
@@ -34,7 +34,7 @@ def files_server():
                 self.send_response(404)
                 self.end_headers()
 
-        def log_message(self, *a):  # noqa: ANN002
+        def log_message(self, *a):
             pass
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -51,7 +51,7 @@ def wh(tmp_path):
     c.close()
 
 
-def post(c: Client, body: bytes, ts: int | None = None, secret: str = SECRET, signature: str | None = None):  # noqa: ANN201
+def post(c: Client, body: bytes, ts: int | None = None, secret: str = SECRET, signature: str | None = None):
     ts = int(time.time()) if ts is None else ts
     sig = signature or sign(secret, str(ts), body)
     return c.http.post("/v1/webhooks/ingest", content=body, headers={

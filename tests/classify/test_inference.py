@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from services.classify import registry
 from semtag.cli import main
 from services import migrate
-from services.classify import inference
-from services.images import pipeline
+from services.classify import inference, registry
 from services.data.categories import SLUGS
 from services.data.datasets import labelled_from_db
+from services.data.synth import make_image
+from services.images import pipeline
 from services.images.ingest import ingest_file
 from services.runtime import NullQueue, Runtime
 from services.storage import writing
-from services.data.synth import make_image
 from services.tables import Image, Prediction
 
 
@@ -108,7 +107,7 @@ def test_providers_prefer_gpu_when_present() -> None:
     assert all(p in ort.get_available_providers() for p in chosen)
 
 
-def test_waiting_images_are_classified_when_a_model_is_activated(settings, alexnet_onnx: Path) -> None:  # noqa: ANN001
+def test_waiting_images_are_classified_when_a_model_is_activated(settings, alexnet_onnx: Path) -> None:
     migrate.upgrade(settings.effective_database_url)
     rt = Runtime(settings, queue=NullQueue())
     ids = [_stored(rt, _png(c, 10 + c), f"{c}.png") for c in range(4)]
@@ -127,7 +126,7 @@ def test_waiting_images_are_classified_when_a_model_is_activated(settings, alexn
         assert img.category == p.category and img.category_source == "model" and img.inference_state == "done"
 
 
-def test_a_corrupt_image_fails_alone(sqlite_settings, alexnet_onnx: Path) -> None:  # noqa: ANN001
+def test_a_corrupt_image_fails_alone(sqlite_settings, alexnet_onnx: Path) -> None:
     migrate.upgrade(sqlite_settings.effective_database_url)
     rt = Runtime(sqlite_settings, queue=NullQueue())
     _register(rt, alexnet_onnx)
@@ -141,7 +140,7 @@ def test_a_corrupt_image_fails_alone(sqlite_settings, alexnet_onnx: Path) -> Non
         assert bad.status == "failed" and "decode" in bad.error
 
 
-def test_new_model_adds_rows_and_history_stays(sqlite_settings, alexnet_onnx: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_new_model_adds_rows_and_history_stays(sqlite_settings, alexnet_onnx: Path, tmp_path: Path) -> None:
     migrate.upgrade(sqlite_settings.effective_database_url)
     rt = Runtime(sqlite_settings, queue=NullQueue())
     v1 = _register(rt, alexnet_onnx)
@@ -160,7 +159,7 @@ def test_new_model_adds_rows_and_history_stays(sqlite_settings, alexnet_onnx: Pa
         assert image_detail(s, ids[0]).prediction.model_version == v2
 
 
-def test_labels_review_queue_and_predictions_api(sqlite_settings, alexnet_onnx: Path) -> None:  # noqa: ANN001
+def test_labels_review_queue_and_predictions_api(sqlite_settings, alexnet_onnx: Path) -> None:
     from tests.conftest import Client
 
     sqlite_settings.review_confidence_threshold = 1.01  # every prediction needs review
@@ -233,7 +232,7 @@ def test_classify_cli(alexnet_onnx: Path, tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_activation_during_a_batch_does_not_mix_versions(sqlite_settings, alexnet_onnx: Path,
-                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     migrate.upgrade(sqlite_settings.effective_database_url)
     rt = Runtime(sqlite_settings, queue=NullQueue())
     v1 = _register(rt, alexnet_onnx)
@@ -241,7 +240,7 @@ def test_activation_during_a_batch_does_not_mix_versions(sqlite_settings, alexne
     ids = [_stored(rt, _png(c, 110 + c), f"{c}.png") for c in range(4)]
     real = inference.Engine.classify_paths
 
-    def activating_midway(self, paths, batch_size=32, threads=None):  # noqa: ANN001, ANN202
+    def activating_midway(self, paths, batch_size=32, threads=None):
         for n, item in enumerate(real(self, paths, batch_size=1)):
             if n == 1:
                 pipeline.activate_model(rt, v2)  # an admin activates another model mid-batch

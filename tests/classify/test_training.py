@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from semtag.cli import main
-from services.errors import BadInput
 from services.data.synth import write_dataset
+from services.errors import BadInput
 
 keras = pytest.importorskip("keras")  # part of the install; a clear skip only if someone trimmed it
 
-from services.classify import registry  # noqa: E402
 from models.architectures import backbone_of, build  # noqa: E402
 from models.training import TrainConfig, train  # noqa: E402
+from services.classify import registry  # noqa: E402
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def scratch_run(alexnet_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(alexnet_run, tmp_path / "alex-scratch"))
 
 
-def _weights(layer) -> list[np.ndarray]:  # noqa: ANN001
+def _weights(layer) -> list[np.ndarray]:
     return [w.copy() for w in layer.get_weights()]
 
 
@@ -163,7 +163,8 @@ def test_plot_training_draws_accuracy_and_loss_of_every_split(tmp_path: Path, ca
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
     assert acc.get_ylim() == (0, 1) and loss.get_ylim()[0] == 0 and loss.get_ylim()[1] >= 2.3
     labels = [line.get_label() for line in loss.get_lines()]
-    assert {"a (alexnet, scratch), train", "a (alexnet, scratch), validation", "a (alexnet, scratch), test"} <= set(labels)
+    run = "a (alexnet, scratch)"
+    assert {f"{run}, train", f"{run}, validation", f"{run}, test"} <= set(labels)
     assert list(acc.get_lines()[2].get_ydata()) == [0.97 - 0.5 / e for e in range(1, 6)]  # test accuracy of a
     title = fig._suptitle.get_text()
     assert "a (alexnet, scratch)" in title and "synthetic data" in title
@@ -178,7 +179,7 @@ def test_plot_training_draws_accuracy_and_loss_of_every_split(tmp_path: Path, ca
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The CLI on embedded defaults in a temporary data folder."""
     from semtag.settings import get_settings
 
@@ -240,7 +241,7 @@ def test_export_parity_int8_and_registry(scratch_run: Path, tmp_path: Path, monk
     assert not (scratch_run / "model.onnx").exists()
 
 
-def test_one_active_model_is_enforced_by_the_database(sqlite_settings) -> None:  # noqa: ANN001
+def test_one_active_model_is_enforced_by_the_database(sqlite_settings) -> None:
     from sqlalchemy.exc import IntegrityError
 
     from services import migrate
@@ -256,7 +257,7 @@ def test_one_active_model_is_enforced_by_the_database(sqlite_settings) -> None: 
                                    active=True))
 
 
-def test_training_job_params_are_validated(sqlite_client, tmp_path: Path) -> None:  # noqa: ANN001
+def test_training_job_params_are_validated(sqlite_client, tmp_path: Path) -> None:
     c = sqlite_client
     post = lambda params: c.http.post("/v1/admin/jobs", json={"kind": "training", "params": params},  # noqa: E731
                                       headers=c.auth("admin"))
@@ -273,7 +274,7 @@ def test_training_job_params_are_validated(sqlite_client, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_training_job_end_to_end(sqlite_client, tiny_data: Path) -> None:  # noqa: ANN001
+def test_training_job_end_to_end(sqlite_client, tiny_data: Path) -> None:
     c = sqlite_client
     r = c.http.post("/v1/admin/jobs", json={"kind": "training", "params": {
         "data": str(tiny_data), "arch": "alexnet", "epochs": 2, "batch_size": 16, "image_size": 64, "name": "t"}},

@@ -16,7 +16,7 @@ def _png(category: int, seed: int) -> bytes:
     return cv2.imencode(".png", img)[1].tobytes()
 
 
-def test_delete_label_falls_back_and_review_filter(sqlite_settings, alexnet_onnx: Path) -> None:  # noqa: ANN001
+def test_delete_label_falls_back_and_review_filter(sqlite_settings, alexnet_onnx: Path) -> None:
     c = Client(sqlite_settings)
     try:
         with c.rt.session() as s:

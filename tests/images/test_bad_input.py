@@ -13,7 +13,7 @@ from tests.conftest import Client
 GOOD = imagegen.png(seed=77)
 
 
-def _only_error(r):  # noqa: ANN001, ANN202
+def _only_error(r):
     body = r.json()
     return body["error"]["code"], body["error"]["message"]
 
@@ -110,10 +110,10 @@ def test_malformed_json_on_jobs(sqlite_client):
 
 
 def test_decode_failure_in_worker_marks_image_failed_and_service_keeps_serving(sqlite_client):
+    import workers.tasks as tasks
+    from services.images.ingest import ingest_file
     from services.runtime import NullQueue, Runtime
     from services.storage import writing
-    from services.images.ingest import ingest_file
-    import workers.tasks as tasks
 
     rt = Runtime(sqlite_client.settings, queue=NullQueue())  # store the image without running its tasks
     data = imagegen.tiff(h=64, w=64, bits=16, seed=5)

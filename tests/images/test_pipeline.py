@@ -24,7 +24,7 @@ def test_bytes_and_row_committed_before_enqueue(settings):
     seen = []
 
     class CheckingQueue(NullQueue):
-        def enqueue(self, task, *args):  # noqa: ANN001
+        def enqueue(self, task, *args):
             with rt.session() as s:
                 img = s.get(Image, args[0])
                 seen.append((task, img is not None and rt.store.exists(img.storage_key)))

@@ -76,7 +76,7 @@ def test_a_user_error_in_a_job_is_a_message_not_a_traceback(sqlite_client: Clien
     assert job["result"] is None and "Traceback" not in str(job)
 
 
-def test_clustering_report_is_served(sqlite_settings, alexnet_onnx: Path) -> None:  # noqa: ANN001
+def test_clustering_report_is_served(sqlite_settings, alexnet_onnx: Path) -> None:
     c = Client(sqlite_settings)
     try:
         with c.rt.session() as s:

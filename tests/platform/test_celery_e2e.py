@@ -67,7 +67,7 @@ def prod_settings(pg_url, redis_url, tmp_path) -> Settings:
                     broker_visibility_timeout_s=3)
 
 
-def _poll(fn, timeout: float = 60, every: float = 0.2):  # noqa: ANN001, ANN202
+def _poll(fn, timeout: float = 60, every: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = fn()

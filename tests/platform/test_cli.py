@@ -24,7 +24,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return dict(action.choices)
 
 
-def _semtag(args: list[str], tmp_path: Path, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
+def _semtag(args: list[str], tmp_path: Path, **kw) -> subprocess.CompletedProcess:
     """``python -m semtag ARGS`` with this checkout's code and a data folder of its own."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "SEMTAG_DATA_DIR": str(tmp_path / "var")}
     for name in ("SEMTAG_DATABASE_URL", "SEMTAG_BROKER_URL"):
@@ -35,7 +35,7 @@ def _semtag(args: list[str], tmp_path: Path, **kw) -> subprocess.CompletedProces
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """main() in this process on embedded defaults (SQLite) in a temporary data folder."""
     from semtag.settings import get_settings
 

@@ -58,3 +58,15 @@ def test_dockerfile_copies_every_package():
     text = (ROOT / "Dockerfile").read_text()
     for pkg in ("api", "workers", "services", "models", "migrations", "semtag"):
         assert f"COPY {pkg} {pkg}" in text
+
+
+def test_serving_images_use_the_slim_install():
+    """The API and the inference/OCR workers build without TensorFlow; only the batch worker trains."""
+    services = _compose()["services"]
+    targets = {name: (svc.get("build") or {}).get("target") for name, svc in services.items() if "build" in svc}
+    assert targets["api"] == "serve" and targets["worker-ocr"] == "serve"
+    assert targets["worker-inference"] == "serve-gpu" and targets["worker-batch"] == "train"
+    text = (ROOT / "Dockerfile").read_text()
+    serve = text[text.index("AS serve\n"):text.index("AS serve-gpu")]
+    assert "[train]" not in serve and "tensorflow" not in serve.lower()
+    assert '".[train]"' in text[text.index("AS train"):]

@@ -10,7 +10,7 @@ from services.db import get_engine
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def empty_db(request, tmp_path):  # noqa: ANN001, ANN201
+def empty_db(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'm.sqlite3'}"
     url = request.getfixturevalue("pg_url")

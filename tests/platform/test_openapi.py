@@ -9,11 +9,11 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 
 
-def _app(sqlite_settings):  # noqa: ANN001, ANN202
+def _app(sqlite_settings):
     return create_app(sqlite_settings)
 
 
-def test_every_route_declares_a_typed_response_and_its_errors(sqlite_settings) -> None:  # noqa: ANN001
+def test_every_route_declares_a_typed_response_and_its_errors(sqlite_settings) -> None:
     spec = _app(sqlite_settings).openapi()
     untyped = []
     for path, ops in spec["paths"].items():
@@ -39,7 +39,7 @@ def test_every_route_declares_a_typed_response_and_its_errors(sqlite_settings) -
     assert spec["components"]["schemas"]["UploadResponse"].get("examples")
 
 
-def test_bearer_scheme_and_the_job_union(sqlite_settings) -> None:  # noqa: ANN001
+def test_bearer_scheme_and_the_job_union(sqlite_settings) -> None:
     spec = _app(sqlite_settings).openapi()
     assert spec["components"]["securitySchemes"]["apiKey"] == {
         "type": "http", "scheme": "bearer", "description": spec["components"]["securitySchemes"]["apiKey"][
@@ -53,7 +53,7 @@ def test_bearer_scheme_and_the_job_union(sqlite_settings) -> None:  # noqa: ANN0
     assert spec["components"]["schemas"]["ClusteringParams"]["properties"]["k"]["default"] == 5
 
 
-def test_docs_work_offline(sqlite_settings) -> None:  # noqa: ANN001
+def test_docs_work_offline(sqlite_settings) -> None:
     with TestClient(_app(sqlite_settings)) as http:
         page = http.get("/docs")
         assert page.status_code == 200

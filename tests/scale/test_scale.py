@@ -201,7 +201,8 @@ def test_synthetic_bars_read_exactly_and_never_confidently_wrong(tmp_path):
 def test_no_bar_no_metadata_tiny_and_blank_images(tmp_path):
     from PIL import Image
 
-    for name, arr in {"noise.png": _base(), "tiny.png": _base(8, 8), "blank.png": np.full((300, 400), 128, np.uint8)}.items():
+    cases = {"noise.png": _base(), "tiny.png": _base(8, 8), "blank.png": np.full((300, 400), 128, np.uint8)}
+    for name, arr in cases.items():
         p = tmp_path / name
         Image.fromarray(arr).save(p)
         res = read_scale(p)
@@ -289,9 +290,9 @@ def test_real_metadata_pixel_sizes_within_half_percent():
 
 
 def test_illegible_micro_sign_falls_back_to_the_magnification() -> None:
+    from services.scale.bar_reading import label_from_mag
     from services.scale.databar import Bar
     from services.scale.ocr import Word
-    from services.scale.bar_reading import label_from_mag
 
     # 1280 px wide at ×2,000: 127 mm / 2000 / 1280 = 49.6 nm per pixel, so a 10 µm bar is ≈ 202 px
     bar = Bar(x0=700, x1=902, y=1000, top=996, bottom=1004, left=700, right=902, kind="line")
@@ -308,9 +309,9 @@ def test_illegible_micro_sign_falls_back_to_the_magnification() -> None:
 def test_filled_block_bar_is_found_and_text_blocks_are_not() -> None:
     import numpy as np
 
+    from services.scale.bar_reading import label_from_mag
     from services.scale.databar import find_bars
     from services.scale.ocr import Word
-    from services.scale.bar_reading import label_from_mag
 
     img = np.full((400, 640), 120, np.uint8)
     img[340:] = 0  # dark data bar
@@ -416,8 +417,8 @@ def test_scale_bar_drawn_over_the_image_without_a_data_bar(tmp_path):
     """Bars drawn over the specimen (no data bar): on their own black or white box, or bare."""
     import cv2
 
-    from services.scale.render import render_overlay
     from services.data.synth import specimen
+    from services.scale.render import render_overlay
 
     right, wrong_confident, from_panel = 0, [], 0
     for i, (v, u, bp, w, fg, boxed, cat) in enumerate(OVERLAYS):
@@ -476,10 +477,12 @@ def test_metadata_and_ocr_disagreement_is_kept_and_flagged():
     from services.scale.reader import combine
 
     meta = MetaReading("FEI/Thermo", pixel_size_nm=10.0)
-    far = combine(meta, OcrReading(scale_value=1.0, scale_unit="µm", bar_px=83, pixel_size_nm=1000 / 83, confidence=0.8))
+    far = combine(meta, OcrReading(scale_value=1.0, scale_unit="µm", bar_px=83, pixel_size_nm=1000 / 83,
+                                   confidence=0.8))
     assert far.source == "metadata" and far.pixel_size_nm == 10.0
     assert far.detail["disagree"] is True and far.detail["ocr"]["pixel_size_nm"] == 1000 / 83
-    near = combine(meta, OcrReading(scale_value=1.0, scale_unit="µm", bar_px=98, pixel_size_nm=1000 / 98, confidence=0.8))
+    near = combine(meta, OcrReading(scale_value=1.0, scale_unit="µm", bar_px=98, pixel_size_nm=1000 / 98,
+                                    confidence=0.8))
     assert near.detail["disagree"] is False and (near.scale_value, near.scale_unit) == (1.0, "µm")
 
 
