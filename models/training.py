@@ -31,7 +31,7 @@ from services.classify.evaluation import classification_report, fit_temperature
 from services.classify.schemas import MODE_NAMES as MODES
 from services.data.categories import NAMES, SLUGS
 from services.data.datasets import Manifest, load_manifest_or_scan
-from services.errors import BadInput
+from services.errors import BadInput, BadParams
 from services.images.preprocess import Preprocessing
 from services.plotting import png_figure
 from services.storage import sha256_file
@@ -69,17 +69,17 @@ def validate(cfg: TrainConfig) -> None:
     from models.architectures import BACKBONES, MIN_SIZE
 
     if cfg.arch not in BACKBONES:
-        raise BadInput(f"unknown architecture {cfg.arch!r}; choose from {', '.join(BACKBONES)}", "bad_params")
+        raise BadParams(f"unknown architecture {cfg.arch!r}; choose from {', '.join(BACKBONES)}")
     if cfg.mode not in MODES:
-        raise BadInput(f"unknown mode {cfg.mode!r}; choose from {', '.join(MODES)}", "bad_params")
+        raise BadParams(f"unknown mode {cfg.mode!r}; choose from {', '.join(MODES)}")
     if cfg.schedule not in ("cosine", "constant"):
-        raise BadInput("schedule must be cosine or constant", "bad_params")
+        raise BadParams("schedule must be cosine or constant")
     if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise BadInput("epochs and batch size must be at least 1", "bad_params")
+        raise BadParams("epochs and batch size must be at least 1")
     if cfg.image_size is not None and cfg.image_size < MIN_SIZE[cfg.arch]:
-        raise BadInput(f"{cfg.arch} needs an image size of at least {MIN_SIZE[cfg.arch]}", "bad_params")
+        raise BadParams(f"{cfg.arch} needs an image size of at least {MIN_SIZE[cfg.arch]}")
     if cfg.mode == "scratch" and cfg.init:
-        raise BadInput("mode scratch starts from random weights; drop --init or choose another mode", "bad_params")
+        raise BadParams("mode scratch starts from random weights; drop --init or choose another mode")
     if cfg.mode != "scratch":
         resolve_init(cfg.arch, cfg.init)
 
@@ -338,14 +338,14 @@ def draw_training(axes, runs: list[str], title: str | None = None) -> None:  # n
     from matplotlib.ticker import MaxNLocator
 
     if not runs:
-        raise BadInput("give at least one run folder", "bad_params")
+        raise BadParams("give at least one run folder")
     ax_acc, ax_loss = axes
     fig = ax_acc.figure
     labels, synthetic, max_loss = [], False, 0.0
     for n, run in enumerate(map(Path, runs)):
         rows = read_metrics(run)
         if not any("accuracy" in r or "test_accuracy" in r for r in rows):
-            raise BadInput(f"{run} has no accuracy values in metrics.jsonl", "bad_params")
+            raise BadParams(f"{run} has no accuracy values in metrics.jsonl")
         label, colour = _run_label(run), f"C{n % 10}"
         labels.append(label)
         synthetic = synthetic or is_synthetic_run(run)
@@ -379,7 +379,7 @@ def plot_training(runs: list[str], out: Path | str, title: str | None = None) ->
     """The paper's Figures 1–2 as PNG: accuracy and loss against epoch, each on train, validation
     and test, for every run; titled, and marked when the data is synthetic."""
     if not runs:
-        raise BadInput("give at least one run folder", "bad_params")
+        raise BadParams("give at least one run folder")
     for run in runs:
         read_metrics(run)  # a folder that is not a run fails before anything is drawn
     out = Path(out)

@@ -261,11 +261,11 @@ def _folder_features(args: argparse.Namespace):  # noqa: ANN202
 
     from services.classify.inference import Engine
     from services.data.categories import index_of, to_slug
-    from services.errors import BadInput
+    from services.errors import BadInput, BadParams
     from services.scale.reader import read_scale, sidecar_for
 
     if not args.model:
-        raise BadInput("--images needs --model FILE.onnx (the features' source)", "bad_params")
+        raise BadParams("--images needs --model FILE.onnx (the features' source)")
     eng = Engine(args.model)
     xs, labels = [], []
     for path in _iter_images([args.images]):

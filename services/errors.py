@@ -36,6 +36,12 @@ class BadInput(SemtagError):
     code = "bad_input"
 
 
+class BadParams(BadInput):
+    """Parameters of a job, a command or a query that cannot be used."""
+
+    code = "bad_params"
+
+
 class BadRequest(SemtagError):
     """The request itself cannot be parsed (400)."""
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from services.classify.registry import META_KEY
-from services.errors import BadInput
+from services.errors import BadInput, BadParams
 from services.images.imaging import ImageRejected, load_gray
 from services.images.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, prepare_gray
 
@@ -171,7 +171,7 @@ class Engine:
                        ) -> Iterator[tuple[Any, Classification | None, str | None]]:
         """Yield (path, result, error) in order; decoding of the next batch overlaps the current run."""
         if batch_size < 1:
-            raise BadInput("batch size must be at least 1", "bad_params")
+            raise BadParams("batch size must be at least 1")
         pool = ThreadPoolExecutor(max_workers=threads or max(1, cpu_count()), thread_name_prefix="semtag-decode")
 
         def safe_decode(p):  # noqa: ANN001, ANN202

@@ -36,7 +36,7 @@ from services.clustering.distances import (
 )
 from services.clustering.hierarchy import DEFAULT_BUDGET, METHODS, Hierarchical, check_features
 from services.clustering.intrinsic_dim import TwoNN, id_by_decimation, subsample
-from services.errors import BadInput
+from services.errors import BadInput, BadParams
 from services.plotting import png_figure
 
 if TYPE_CHECKING:
@@ -120,8 +120,7 @@ def analyse(X: np.ndarray, labels: np.ndarray, cfg: AnalysisConfig, out_dir: Pat
         raise BadInput(f"the selection holds {len(X)} images; the analysis needs at least 20", "empty_selection")
     bad = set(cfg.methods) - set(ALL_METHODS)
     if bad:
-        raise BadInput(f"unknown method(s) {', '.join(sorted(bad))}; choose from {', '.join(ALL_METHODS)}",
-                       "bad_params")
+        raise BadParams(f"unknown method(s) {', '.join(sorted(bad))}; choose from {', '.join(ALL_METHODS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda f, m: None)

@@ -34,7 +34,7 @@ from services.clustering.schemas import (
     SubcategoryTree,
 )
 from services.data.categories import SLUGS, index_of, to_slug
-from services.errors import BadInput, NotFound, validation_message
+from services.errors import BadInput, BadParams, NotFound, validation_message
 from services.jobs.service import JobContext
 from services.runtime import Runtime
 from services.tables import HumanLabel, Image, ModelVersion, StepState, Subcategory
@@ -47,7 +47,7 @@ def validate_params(params: dict[str, Any] | ClusteringParams) -> dict[str, Any]
     try:
         return ClusteringParams.model_validate(params).model_dump()
     except ValidationError as exc:
-        raise BadInput(f"clustering: {validation_message(exc)}", "bad_params") from None
+        raise BadParams(f"clustering: {validation_message(exc)}") from None
 
 
 def select_images(session: Session, scale_min_nm: float | None, scale_max_nm: float | None) -> list[tuple]:
@@ -217,7 +217,7 @@ def subcategory_detail(session: Session, sub_id: int, limit: int = 50, cursor: i
     if sc is None:
         raise NotFound(f"subcategory {sub_id} not found")
     if not 1 <= limit <= 500:
-        raise BadInput("limit must be 1–500", "bad_params")
+        raise BadParams("limit must be 1–500")
     q = select(Image.id, Image.filename, Image.category, Image.pixel_size_nm).where(
         Image.subcategory_id == sub_id).order_by(Image.id).limit(limit + 1)
     if cursor is not None:

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from services.classify import registry
 from services.curation.schemas import LabelRead, LabelRemoved, ReviewItem, ReviewPage
 from services.data.categories import to_slug
-from services.errors import BadInput, NotFound
+from services.errors import BadParams, NotFound
 from services.tables import HumanLabel, Image, Prediction, utcnow
 
 MAX_PAGE = 500
@@ -65,7 +65,7 @@ def review_queue(session: Session, limit: int = 50, offset: int = 0, needs_revie
     """Images whose active-model prediction needs review (or, with ``needs_review=False``, is confident)
     and that no human labelled, least confident first."""
     if not 1 <= limit <= MAX_PAGE or offset < 0:
-        raise BadInput(f"limit must be 1–{MAX_PAGE} and offset ≥ 0", "bad_params")
+        raise BadParams(f"limit must be 1–{MAX_PAGE} and offset ≥ 0")
     model = registry.active(session)
     if model is None:
         return ReviewPage(model_version=None, total=0, items=[], limit=limit, offset=offset)

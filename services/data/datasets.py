@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from services.data.categories import SLUGS, index_of, to_slug
-from services.errors import BadInput
+from services.errors import BadInput, BadParams
 from services.images.imaging import ImageRejected, load_gray
 from services.images.preprocess import DEFAULT_MAX_PIXELS, crop_databar
 
@@ -187,9 +187,9 @@ def build_manifest(items: list[Item], root: Path | str, fractions: tuple[float, 
                    progress=None) -> Manifest:  # noqa: ANN001
     """Hash, deduplicate, group and split ``items``; unreadable files are listed, not fatal."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise BadInput("split fractions must be three non-negative numbers summing to 1", "bad_params")
+        raise BadParams("split fractions must be three non-negative numbers summing to 1")
     if not 0 <= near_bits <= 16:
-        raise BadInput("near_bits must be from 0 to 16", "bad_params")
+        raise BadParams("near_bits must be from 0 to 16")
     root = str(Path(root).resolve())
     m = Manifest(root, list(SLUGS), [], {"fractions": list(fractions), "seed": seed, "near_bits": near_bits})
     seen: dict[str, Item] = {}

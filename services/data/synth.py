@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from services.data.categories import SLUGS
-from services.errors import BadInput
+from services.errors import BadInput, BadParams
 from services.scale.render import STYLES, render_databar
 from services.scale.units import to_nm
 
@@ -237,9 +237,9 @@ def write_dataset(out: Path | str, per_class: int, width: int = 1024, height: in
                   fmt: str = "png", progress=None) -> list[SynthImage]:  # noqa: ANN001
     """Write ``per_class`` images of each category into ``out/<dataset folder>/`` and ``MANIFEST.tsv``."""
     if per_class < 1:
-        raise BadInput("--per-class must be at least 1", "bad_params")
+        raise BadParams("--per-class must be at least 1")
     if fmt not in ("png", "jpg", "tif"):
-        raise BadInput(f"unknown format {fmt!r}; choose png, jpg or tif", "bad_params")
+        raise BadParams(f"unknown format {fmt!r}; choose png, jpg or tif")
     out = Path(out)
     rows: list[SynthImage] = []
     total = per_class * len(GENERATORS)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from services.errors import BadInput, Conflict, NotFound, SemtagError, missing_extra, validation_message
+from services.errors import BadInput, BadParams, Conflict, NotFound, SemtagError, missing_extra, validation_message
 from services.jobs.schemas import SelftestParams
 from services.runtime import TASK_RUN_JOB, Runtime
 from services.tables import Job, JobStatus, utcnow
@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 FINAL = (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value)
 # Codes a parameter model may raise itself (PydanticCustomError); anything else is bad_params.
 PARAM_CODES = {"missing_checkpoint"}
-
-
-class BadParams(BadInput):
-    code = "bad_params"
 
 
 class UnknownJobKind(BadInput):
