@@ -24,6 +24,6 @@ RUN pip uninstall -y onnxruntime && pip install --no-cache-dir "onnxruntime-gpu=
 FROM serve AS train
 # On a GPU host build with --build-arg GPU=1 for CUDA TensorFlow.
 ARG GPU=0
-RUN if [ "$GPU" = "1" ]; then pip install --no-cache-dir ".[train]" "tensorflow[and-cuda]==2.21.0" \
-      && pip uninstall -y tensorflow-cpu; \
-    else pip install --no-cache-dir ".[train]"; fi
+RUN pip install --no-cache-dir ".[train]" \
+    && if [ "$GPU" = "1" ]; then pip uninstall -y tensorflow-cpu \
+      && pip install --no-cache-dir "tensorflow[and-cuda]==2.21.0"; fi

@@ -115,7 +115,7 @@ def pipeline(model: Path, paths: list[Path], batch: int, workdir: Path, uploader
         from services.db import session_scope
 
         with session_scope(db) as s:
-            version = registry.list_models(s)[0]["version"]
+            version = registry.list_models(s)[0].version
         subprocess.run(sem + ["models", "activate", version], env=env, check=True, capture_output=True)
         key = subprocess.run(sem + ["apikey", "create", "--role", "ingest"], env=env, check=True,
                              capture_output=True, text=True).stdout.strip().splitlines()[-1]

@@ -29,6 +29,7 @@ import numpy as np
 
 from services.classify.evaluation import classification_report, fit_temperature
 from services.classify.schemas import MODE_NAMES as MODES
+from services.classify.schemas import checkpoint_file
 from services.data.categories import NAMES, SLUGS
 from services.data.datasets import Manifest, load_manifest_or_scan
 from services.errors import BadInput, BadParams
@@ -65,6 +66,14 @@ class TrainConfig:
 ProgressFn = Callable[[int, int, dict], None]
 
 
+def config_from_params(p: dict[str, Any], out: str, **extra: Any) -> TrainConfig:
+    """The training configuration of validated :class:`~services.classify.schemas.TrainingParams`
+    (the job's and the CLI's one contract); ``extra`` sets the internal knobs (verbose, split…)."""
+    return TrainConfig(data=p["data"], arch=p["arch"], mode=p["mode"], out=out, init=p["init"], epochs=p["epochs"],
+                       fe_epochs=p["fe_epochs"], batch_size=p["batch_size"], image_size=p["image_size"], lr=p["lr"],
+                       seed=p["seed"], augment=p["augment"], **extra)
+
+
 def validate(cfg: TrainConfig) -> None:
     from models.architectures import BACKBONES, MIN_SIZE
 
@@ -86,18 +95,10 @@ def validate(cfg: TrainConfig) -> None:
 
 def resolve_init(arch: str, init: str | None) -> tuple[str, Path]:
     """('run', model.keras) or ('weights', file); a missing checkpoint is a clear error."""
-    from models.architectures import IMAGENET_FILES
-
-    expected = (f"an ImageNet weights file without top ({IMAGENET_FILES[arch]}), or a semtag run folder "
-                "(runs/NAME) or its model.keras")
-    if not init:
-        raise BadInput(f"this mode starts from a checkpoint: give --init PATH, {expected}", "missing_checkpoint")
-    p = Path(init)
-    if p.is_dir():
-        p = p / "model.keras"
-    if not p.is_file():
-        raise BadInput(f"checkpoint {p} does not exist; expected {expected}. Nothing is downloaded.",
-                       "missing_checkpoint")
+    try:
+        p = checkpoint_file(arch, init)
+    except ValueError as exc:
+        raise BadInput(str(exc), "missing_checkpoint") from None
     return ("run", p) if p.suffix == ".keras" else ("weights", p)
 
 
@@ -312,7 +313,7 @@ def _run_label(run: Path) -> str:
 
 def is_synthetic_run(run: Path | str) -> bool:
     """Whether the run trained on ``semtag synth`` output: the dataset root recorded in the run's
-    manifest.json (or its config's ``data`` folder) holds the MANIFEST.tsv that services/synth.py
+    manifest.json (or its config's ``data`` folder) holds the MANIFEST.tsv that services/data/synth.py
     writes beside its images (first columns file, category, category_index, style)."""
     run = Path(run)
     roots = []

@@ -16,7 +16,7 @@ from services.jobs.service import JobContext
 def run_training(ctx: JobContext) -> dict[str, Any]:
     """The ``training`` job's handler; ``ctx.params`` is a validated :class:`TrainingParams` dump."""
     from models.export import export_run
-    from models.training import TrainConfig, train
+    from models.training import config_from_params, train
     from services.classify import registry
     from services.data.datasets import build_manifest, labelled_from_db
 
@@ -33,9 +33,7 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
     if not (out / "report.json").is_file():
         shutil.rmtree(out, ignore_errors=True)  # a partial run from a worker that died
         ctx.progress(0.0, "preparing data")
-        cfg = TrainConfig(data=p["data"], arch=p["arch"], mode=p["mode"], out=str(out), init=p["init"],
-                          epochs=p["epochs"], fe_epochs=p["fe_epochs"], batch_size=p["batch_size"],
-                          image_size=p["image_size"], lr=p["lr"], seed=p["seed"], augment=p["augment"], verbose=0)
+        cfg = config_from_params(p, str(out), verbose=0)
 
         def on_epoch(epoch: int, total: int, rec: dict) -> None:
             acc = rec.get("test_accuracy", rec.get("val_accuracy"))

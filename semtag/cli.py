@@ -6,7 +6,9 @@ import argparse
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
+
+from services.clustering.schemas import Method
 
 if TYPE_CHECKING:
     from semtag.settings import Settings
@@ -25,7 +27,19 @@ def _where(s: Settings) -> str:
     url = make_url(s.effective_database_url)
     if url.get_backend_name() == "sqlite":
         return url.database or ":memory:"
-    return url.render_as_string(hide_password=True)
+    return _hide_password(s.effective_database_url)
+
+
+def _hide_password(url: str | None) -> str:
+    """A database or broker URL as it may be printed: the password masked."""
+    from urllib.parse import urlsplit
+
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -35,8 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     s = _settings()
     migrate.upgrade(s.effective_database_url)
-    mode = "embedded (in-process tasks)" if s.embedded_tasks else f"Celery broker {s.broker_url}"
-    print(f"semtag: database {s.effective_database_url}, blobs {s.blob_dir.resolve()}, {mode}", file=sys.stderr)
+    mode = "embedded (in-process tasks)" if s.embedded_tasks else f"Celery broker {_hide_password(s.broker_url)}"
+    print(f"semtag: database {_where(s)}, blobs {s.blob_dir.resolve()}, {mode}", file=sys.stderr)
     uvicorn.run("api.main:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers)
     return 0
 
@@ -218,15 +232,22 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from services.clustering.analysis import ALL_METHODS, AnalysisConfig, analyse
+    from services.clustering.analysis import analyse
+    from services.clustering.subcategories import analysis_config, clustering_params
 
-    methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else ALL_METHODS
     def say(f: float, m: str) -> None:
         print(f"[{f:4.0%}] {m}", file=sys.stderr, flush=True)
 
+    given = {"scale_min_nm": None if args.all_scales else args.scale_min_nm,
+             "scale_max_nm": None if args.all_scales else args.scale_max_nm,
+             "output": args.output, "within": args.within, "method": args.method, "k": args.k,
+             "autoencoder": not args.no_autoencoder, "code_dim": args.code_dim,
+             "complete_sample": args.complete_sample, "dp_k": args.dp_k}
+    if args.methods:
+        given["methods"] = [m.strip() for m in args.methods.split(",")]
+    params = clustering_params(given)  # the job's parameter model: one set of defaults and checks
     if args.features or args.images:
-        cfg = AnalysisConfig(methods=methods, autoencoder=not args.no_autoencoder, code_dim=args.code_dim,
-                             complete_sample=args.complete_sample, dp_k=args.dp_k)
+        cfg = analysis_config(params)
         if args.features:
             X = np.load(args.features)
             labels = np.load(args.labels) if args.labels else np.full(len(X), -1)
@@ -245,11 +266,6 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     s = _settings()
     migrate.upgrade(s.effective_database_url)
-    params = {"scale_min_nm": None if args.all_scales else args.scale_min_nm,
-              "scale_max_nm": None if args.all_scales else args.scale_max_nm,
-              "output": args.output, "within": args.within, "method": args.method, "k": args.k,
-              "methods": list(methods), "autoencoder": not args.no_autoencoder, "code_dim": args.code_dim,
-              "complete_sample": args.complete_sample, "dp_k": args.dp_k}
     result = run_clustering(build_runtime(s, run_tasks=False), params, Path(args.out), progress=say)
     print(json.dumps(result))
     return 0
@@ -314,12 +330,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import json
 
-    from models.training import TrainConfig, train
+    from services.classify.schemas import TrainingParams
+    from services.errors import parse_params
 
-    cfg = TrainConfig(data=args.data, arch=args.arch, mode=args.mode, out=args.out, init=args.init,
-                      epochs=args.epochs, fe_epochs=args.fe_epochs, batch_size=args.batch_size,
-                      image_size=args.image_size, lr=args.lr, seed=args.seed, augment=not args.no_augment)
-    report = train(cfg)
+    # The training job's parameter model: the same defaults and checks as POST /v1/admin/jobs
+    params = parse_params(TrainingParams, {
+        "data": args.data, "arch": args.arch, "mode": args.mode, "init": args.init, "epochs": args.epochs,
+        "fe_epochs": args.fe_epochs, "batch_size": args.batch_size, "image_size": args.image_size, "lr": args.lr,
+        "seed": args.seed, "augment": not args.no_augment}, "train").model_dump()
+    from models.training import config_from_params, train
+
+    report = train(config_from_params(params, args.out))
     summary = {k: report[k] for k in ("arch", "mode", "epochs", "train_seconds", "temperature") if k in report}
     if "test" in report:
         summary["test_accuracy"], summary["test_macro_f1"] = report["test"]["accuracy"], report["test"]["macro_f1"]
@@ -418,9 +439,9 @@ common commands:
 Run "semtag COMMAND --help" for the options of a command.
 Settings come from SEMTAG_* environment variables (e.g. SEMTAG_DATA_DIR, default ./var)."""
 
-# The analysis methods of services.clustering.analysis.ALL_METHODS, spelled out so that building the
-# parser does not import the clustering code (tests/test_cli.py checks that the two agree).
-CLUSTER_METHODS = ("ward", "single", "complete", "centroid", "density_peaks")
+# The analysis methods, from the clustering job's parameter model (light: no clustering code is imported;
+# tests/platform/test_cli.py checks they agree with services.clustering.analysis.ALL_METHODS).
+CLUSTER_METHODS: tuple[str, ...] = get_args(Method)
 
 # Third-party libraries that log (at ERROR level, too) about files they can still partly read or that
 # semtag reports itself, e.g. tifffile on a truncated TIFF. Quiet unless -v is given.
@@ -456,6 +477,7 @@ def _add(sub, name: str, help: str, func, **kw: Any) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from semtag import __version__
+    from services.clustering.schemas import ClusteringParams
 
     p = argparse.ArgumentParser(prog="semtag", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=TopHelpFormatter)
@@ -500,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: its own choice)")
     sp.add_argument("--json", action="store_true", help="one JSON object per line instead of tab-separated text")
 
+    CP = ClusteringParams.model_fields  # the clustering job's defaults are the command's
     sp = _add(sub, "cluster", "discover subcategories (features, intrinsic dimension, autoencoder, clusterings, NMI)",
               cmd_cluster, description=(
                   "Discover subcategories. Without --features or --images: the classified images in the "
@@ -511,30 +534,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", help="with --features: (N,) .npy of labels 0-9, -1 where unknown")
     sp.add_argument("--model", help="with --images: the exported .onnx model")
     sp.add_argument("--out", default="clustering", help="folder for the figures, analysis.json and report.html")
-    sp.add_argument("--scale-min-nm", type=float, default=1000.0,
+    sp.add_argument("--scale-min-nm", type=float, default=CP["scale_min_nm"].default,
                     help="only images whose scale bar stands for at least this many nanometres")
-    sp.add_argument("--scale-max-nm", type=float, default=2000.0,
+    sp.add_argument("--scale-max-nm", type=float, default=CP["scale_max_nm"].default,
                     help="only images whose scale bar stands for at most this many nanometres")
     sp.add_argument("--all-scales", action="store_true",
                     help="no scale selection: ignore --scale-min-nm and --scale-max-nm")
-    sp.add_argument("--output", default="logits", choices=["logits", "features"],
+    sp.add_argument("--output", default=CP["output"].default, choices=["logits", "features"],
                     help="the model output used as features: logits (the paper's choice) or the pooled "
                          "penultimate layer")
-    sp.add_argument("--within", default="category", choices=["category", "all"],
+    sp.add_argument("--within", default=CP["within"].default, choices=["category", "all"],
                     help="cut subcategories within each category, or over all selected images together")
-    sp.add_argument("--method", default="ward", choices=CLUSTER_METHODS,
+    sp.add_argument("--method", default=CP["method"].default, choices=CLUSTER_METHODS,
                     help="the method whose hierarchy becomes the subcategories")
-    sp.add_argument("--k", type=int, default=5, help="subcategories per category (or in all, with --within all)")
+    sp.add_argument("--k", type=int, default=CP["k"].default,
+                    help="subcategories per category (or in all, with --within all)")
     sp.add_argument("--methods", default=None,
                     help="comma-separated methods to analyse and compare (default: all five: "
                          f"{', '.join(CLUSTER_METHODS)})")
     sp.add_argument("--no-autoencoder", action="store_true",
                     help="cluster the features as they are, without the autoencoder's reduction")
-    sp.add_argument("--code-dim", type=int, default=10, help="size of the autoencoder's code")
+    sp.add_argument("--code-dim", type=int, default=CP["code_dim"].default, help="size of the autoencoder's code")
     sp.add_argument("--complete-sample", type=int, default=None,
                     help="complete linkage on a random sample of this many images (default: all, if they "
                          "fit the memory budget)")
-    sp.add_argument("--dp-k", type=int, default=30, help="neighbours used by the density-peaks density estimate")
+    sp.add_argument("--dp-k", type=int, default=CP["dp_k"].default,
+                    help="neighbours used by the density-peaks density estimate")
 
     sp = _add(sub, "synth", "write synthetic SEM-like images of the ten categories (tests, demos)", cmd_synth)
     sp.add_argument("--out", required=True, help="folder to write (one subfolder per category, and MANIFEST.tsv)")
@@ -543,28 +568,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same images)")
     sp.add_argument("--format", default="png", choices=["png", "jpg", "tif"], help="image file format")
 
-    from services.classify.schemas import ARCH_NAMES, MODE_NAMES
+    from services.classify.schemas import ARCH_NAMES, MODE_NAMES, TrainingParams
+    TP = TrainingParams.model_fields  # the training job's defaults are the command's
 
     sp = _add(sub, "train", "train a classifier on a labelled folder or a dataset manifest", cmd_train)
     sp.add_argument("--data", required=True, help="one folder per category, or a manifest.json of an earlier run")
     sp.add_argument("--arch", required=True, choices=ARCH_NAMES, help="network architecture")
-    sp.add_argument("--mode", default="scratch", choices=MODE_NAMES,
+    sp.add_argument("--mode", default=TP["mode"].default, choices=MODE_NAMES,
                     help="scratch: random start; feature-extraction: train the last layer of a checkpoint; "
                          "fine-tuning: train all layers of a checkpoint; fe+ft: the two in turn")
     sp.add_argument("--init", default=None,
                     help="checkpoint for the modes other than scratch: ImageNet weights file (no top) or a "
                          "run folder; nothing is downloaded")
-    sp.add_argument("--epochs", type=int, default=10, help="training epochs (all stages together)")
+    sp.add_argument("--epochs", type=int, default=TP["epochs"].default, help="training epochs (all stages together)")
     sp.add_argument("--fe-epochs", type=int, default=None,
                     help="fe+ft: epochs of feature extraction first (default: half of --epochs)")
-    sp.add_argument("--batch-size", type=int, default=32, help="images per training batch")
+    sp.add_argument("--batch-size", type=int, default=TP["batch_size"].default, help="images per training batch")
     sp.add_argument("--image-size", type=int, default=None,
                     help="input side in pixels (default: 299, the paper's size, meant for a GPU; 227 for "
                          "AlexNet; 64-75 trains in minutes on a CPU)")
     sp.add_argument("--lr", type=float, default=None,
                     help="learning rate (default 1e-3 from scratch and for feature extraction, 1e-4 for "
                          "fine tuning)")
-    sp.add_argument("--seed", type=int, default=0, help="random seed of the split, initialisation and augmentation")
+    sp.add_argument("--seed", type=int, default=TP["seed"].default,
+                    help="random seed of the split, initialisation and augmentation")
     sp.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     sp.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
 

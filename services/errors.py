@@ -12,7 +12,9 @@ scikit-learn's do; the service that calls them translates.
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 
 class SemtagError(Exception):
@@ -86,15 +88,21 @@ class Unavailable(SemtagError):
     code = "unavailable"
 
 
-def validation_message(exc: ValidationError, prefix: str = "param") -> str:
-    """One readable line per problem: ``param 'epochs': Input should be greater than or equal to 1``."""
+def validation_message(exc: ValidationError, model: type[BaseModel] | None = None, prefix: str = "param") -> str:
+    """One readable line per problem: ``param 'epochs': Input should be greater than or equal to 1``;
+    a missing field is explained by its description in ``model``."""
     parts = []
     for e in exc.errors():
         loc = ".".join(str(x) for x in e.get("loc", ()))
+        msg = str(e["msg"]).removeprefix("Value error, ")
         if e.get("type") == "extra_forbidden":
             parts.append(f"unknown {prefix} {loc!r}")
+        elif e.get("type") == "missing":
+            field = model.model_fields.get(loc) if model is not None else None
+            parts.append(f"{prefix} {loc!r} is required" + (f": {field.description}" if field and field.description
+                                                              else ""))
         else:
-            parts.append(f"{prefix} {loc!r}: {e['msg']}" if loc else str(e["msg"]))
+            parts.append(f"{prefix} {loc!r}: {msg}" if loc else msg)
     return "; ".join(parts)
 
 
@@ -115,3 +123,18 @@ def missing_extra(exc: ModuleNotFoundError) -> MissingExtra | None:
         return None
     return MissingExtra(f"this needs TensorFlow ({root}), which the serving install leaves out: "
                         "install semtag[train] (pip install 'semtag[train]')")
+
+
+# Codes a parameter model may raise itself (PydanticCustomError); any other problem is bad_params.
+PARAM_CODES = frozenset({"missing_checkpoint"})
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_params(model: type[M], data: Any, what: str) -> M:
+    """``data`` validated by ``model``, or a :class:`BadParams` naming ``what`` and every problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        codes = sorted({e["type"] for e in exc.errors()} & PARAM_CODES)
+        raise BadParams(f"{what}: {validation_message(exc, model)}", codes[0] if codes else None) from None

@@ -172,3 +172,16 @@ def alexnet_onnx(alexnet_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
     shutil.copytree(alexnet_run, run)
     export_run(run)
     return run / "model.onnx"
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """main() in this process on embedded defaults (SQLite) in a temporary data folder."""
+    from semtag.settings import get_settings
+
+    monkeypatch.setenv("SEMTAG_DATA_DIR", str(tmp_path / "var"))
+    for name in ("SEMTAG_DATABASE_URL", "SEMTAG_BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    yield tmp_path / "var"
+    get_settings.cache_clear()

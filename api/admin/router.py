@@ -95,13 +95,17 @@ def _report_file(rt: RuntimeDep, job_id: int, name: str) -> Path:
     return path
 
 
-@router.get("/jobs/{job_id}/report/", response_class=FileResponse, responses=documented(*AUTH_ERRORS, 404))
+@router.get("/jobs/{job_id}/report/", response_class=FileResponse,
+            responses={200: {"content": {"text/html": {}}, "description": "the report page"},
+                       **documented(*AUTH_ERRORS, 404)})
 def read_report(job_id: int, rt: RuntimeDep, _who: Admin) -> FileResponse:
     """The HTML report of a finished clustering job (its figures are served beside it)."""
     return FileResponse(_report_file(rt, job_id, "report.html"), media_type="text/html")
 
 
-@router.get("/jobs/{job_id}/report/{name}", response_class=FileResponse, responses=documented(*AUTH_ERRORS, 404))
+@router.get("/jobs/{job_id}/report/{name}", response_class=FileResponse,
+            responses={200: {"content": {"image/png": {}, "application/json": {}}, "description": "a report file"},
+                       **documented(*AUTH_ERRORS, 404)})
 def read_report_file(job_id: int, name: str, rt: RuntimeDep, _who: Admin) -> FileResponse:
     """A figure (or analysis.json) of the job's report."""
     return FileResponse(_report_file(rt, job_id, name))

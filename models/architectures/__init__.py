@@ -15,6 +15,8 @@ from keras import layers
 
 from models.architectures.alexnet import AlexNetBackbone
 from models.architectures.inception_v4 import InceptionV4Backbone
+from services.classify.schemas import DEFAULT_IMAGE_SIZE as DEFAULT_SIZE
+from services.classify.schemas import MIN_IMAGE_SIZE as MIN_SIZE
 
 
 def _inception_v3(shape: tuple[int, int, int]) -> keras.Model:
@@ -30,14 +32,6 @@ BACKBONES: dict[str, Callable[[tuple[int, int, int]], keras.Model]] = {
     "inception_v3": _inception_v3,
     "inception_v4": InceptionV4Backbone,
     "inception_resnet_v2": _inception_resnet_v2,
-}
-DEFAULT_SIZE = {"alexnet": 227, "inception_v3": 299, "inception_v4": 299, "inception_resnet_v2": 299}
-MIN_SIZE = {"alexnet": 32, "inception_v3": 75, "inception_v4": 75, "inception_resnet_v2": 75}
-IMAGENET_FILES = {
-    "inception_v3": "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    "inception_resnet_v2": "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    "inception_v4": "an Inception-v4 backbone weights file (.weights.h5)",
-    "alexnet": "an AlexNet backbone weights file (.weights.h5)",
 }
 
 

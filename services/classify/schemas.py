@@ -14,6 +14,29 @@ ARCH_NAMES = ("alexnet", "inception_v3", "inception_v4", "inception_resnet_v2")
 MODE_NAMES = ("scratch", "feature-extraction", "fine-tuning", "fe+ft")
 Arch = Literal["alexnet", "inception_v3", "inception_v4", "inception_resnet_v2"]
 Mode = Literal["scratch", "feature-extraction", "fine-tuning", "fe+ft"]
+DEFAULT_IMAGE_SIZE = {"alexnet": 227, "inception_v3": 299, "inception_v4": 299, "inception_resnet_v2": 299}
+MIN_IMAGE_SIZE = {"alexnet": 32, "inception_v3": 75, "inception_v4": 75, "inception_resnet_v2": 75}
+IMAGENET_FILES = {
+    "inception_v3": "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "inception_resnet_v2": "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "inception_v4": "an Inception-v4 backbone weights file (.weights.h5)",
+    "alexnet": "an AlexNet backbone weights file (.weights.h5)",
+}
+
+
+def checkpoint_file(arch: str, init: str | None) -> Path:
+    """The file a checkpoint path names (a run folder means its model.keras), or ValueError saying what
+    is expected; nothing is ever downloaded."""
+    expected = (f"an ImageNet weights file without top ({IMAGENET_FILES[arch]}), or a semtag run folder "
+                "(runs/NAME) or its model.keras")
+    if not init:
+        raise ValueError(f"this mode starts from a checkpoint: give --init PATH, {expected}")
+    path = Path(init)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist; expected {expected}. Nothing is downloaded.")
+    return path
 
 
 class ModelRead(BaseModel):
@@ -74,11 +97,14 @@ class TrainingParams(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _checkpoint(self) -> TrainingParams:
-        if self.mode != "scratch" and (self.init is None or not Path(self.init).exists()):
-            raise PydanticCustomError(
-                "missing_checkpoint", "mode {mode} needs param 'init': an existing checkpoint path on the worker "
-                "(got {init}); nothing is downloaded", {"mode": self.mode, "init": repr(self.init)})
-        if self.mode == "scratch" and self.init is not None:
-            raise ValueError("mode scratch takes no 'init'")
+    def _checkpoint_and_size(self) -> TrainingParams:
+        if self.mode != "scratch":
+            try:
+                checkpoint_file(self.arch, self.init)
+            except ValueError as exc:
+                raise PydanticCustomError("missing_checkpoint", "{message}", {"message": str(exc)}) from None
+        elif self.init is not None:
+            raise ValueError("mode scratch starts from random weights; drop --init or choose another mode")
+        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE[self.arch]:
+            raise ValueError(f"{self.arch} needs an image size of at least {MIN_IMAGE_SIZE[self.arch]}")
         return self

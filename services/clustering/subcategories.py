@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -34,20 +33,24 @@ from services.clustering.schemas import (
     SubcategoryTree,
 )
 from services.data.categories import SLUGS, index_of, to_slug
-from services.errors import BadInput, BadParams, NotFound, validation_message
+from services.errors import BadInput, BadParams, NotFound, parse_params
 from services.jobs.service import JobContext
 from services.runtime import Runtime
 from services.tables import HumanLabel, Image, ModelVersion, StepState, Subcategory
 
 
-def validate_params(params: dict[str, Any] | ClusteringParams) -> dict[str, Any]:
-    """The run's parameters with every default filled in (raises BadInput with the reasons)."""
+def clustering_params(params: dict[str, Any] | ClusteringParams) -> dict[str, Any]:
+    """A run's parameters through :class:`ClusteringParams`, every default filled in (BadParams otherwise)."""
     if isinstance(params, ClusteringParams):
         return params.model_dump()
-    try:
-        return ClusteringParams.model_validate(params).model_dump()
-    except ValidationError as exc:
-        raise BadParams(f"clustering: {validation_message(exc)}") from None
+    return parse_params(ClusteringParams, params, "clustering").model_dump()
+
+
+def analysis_config(p: dict[str, Any]) -> AnalysisConfig:
+    """The analysis settings of validated clustering parameters."""
+    return AnalysisConfig(methods=tuple(p["methods"]), autoencoder=p["autoencoder"], code_dim=p["code_dim"],
+                          ae_epochs=p["ae_epochs"], dp_k=p["dp_k"], complete_sample=p["complete_sample"],
+                          complete_budget_bytes=p["complete_budget_mb"] * 2**20)
 
 
 def select_images(session: Session, scale_min_nm: float | None, scale_max_nm: float | None) -> list[tuple]:
@@ -108,7 +111,7 @@ def features_for(rt: Runtime, model: ModelVersion, rows: list[tuple], output: st
 
 def run_clustering(rt: Runtime, params: dict[str, Any], out_dir: Path, run_id: int | None = None,
                    progress=None) -> dict[str, Any]:  # noqa: ANN001
-    p = validate_params(params)
+    p = clustering_params(params)
     say = progress or (lambda f, m: None)
     with rt.session() as s:
         model = registry.active(s)
@@ -130,9 +133,7 @@ def run_clustering(rt: Runtime, params: dict[str, Any], out_dir: Path, run_id: i
     with rt.session() as s:
         hl = hand_labels(s, ids)
     labels = np.array([hl.get(i, -1) for i in ids])
-    cfg = AnalysisConfig(methods=tuple(p["methods"]), autoencoder=p["autoencoder"], code_dim=p["code_dim"],
-                         ae_epochs=p["ae_epochs"], dp_k=p["dp_k"], complete_sample=p["complete_sample"],
-                         complete_budget_bytes=p["complete_budget_mb"] * 2**20)
+    cfg = analysis_config(p)
     try:  # the estimators refuse data they cannot cluster with ValueError, as scikit-learn's do
         report = analyse(X, labels, cfg, out_dir, lambda f, m: say(0.22 + 0.6 * f, m))
         Z = report.pop("_codes")

@@ -77,7 +77,7 @@ def ingest_file(
 ) -> IngestResult:
     """Validate the streamed file in ``writer``, store it and its row, then enqueue its processing.
 
-    Raises :class:`~services.imaging.ImageRejected` / :class:`BadInput`; the writer's
+    Raises :class:`~services.images.imaging.ImageRejected` / :class:`BadInput`; the writer's
     temporary file is then left for the caller to discard.
     """
     name = clean_filename(filename)

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from services.errors import BadInput, BadParams, Conflict, NotFound, SemtagError, missing_extra, validation_message
+from services.errors import BadInput, BadParams, Conflict, NotFound, SemtagError, missing_extra, parse_params
 from services.jobs.schemas import SelftestParams
 from services.runtime import TASK_RUN_JOB, Runtime
 from services.tables import Job, JobStatus, utcnow
@@ -30,8 +30,6 @@ from services.tables import Job, JobStatus, utcnow
 log = logging.getLogger(__name__)
 
 FINAL = (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value)
-# Codes a parameter model may raise itself (PydanticCustomError); anything else is bad_params.
-PARAM_CODES = {"missing_checkpoint"}
 
 
 class UnknownJobKind(BadInput):
@@ -100,12 +98,7 @@ def validate_params(kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
         raise UnknownJobKind(f"unknown job kind {kind!r}; available: {', '.join(sorted(JOB_KINDS))}")
     if params is not None and not isinstance(params, dict):
         raise BadParams("params must be a JSON object")
-    model = JOB_KINDS[kind].params
-    try:
-        clean = model.model_validate(params or {})
-    except ValidationError as exc:
-        codes = {e["type"] for e in exc.errors()} & PARAM_CODES
-        raise BadParams(f"{kind}: {validation_message(exc)}", codes.pop() if codes else None) from None
+    clean = parse_params(JOB_KINDS[kind].params, params or {}, kind)
     return clean.model_dump(mode="json")
 
 
@@ -116,7 +109,7 @@ def create_job(rt: Runtime, kind: str, params: dict[str, Any] | None, created_by
         s.add(job)
         s.flush()
     rt.queue.enqueue(TASK_RUN_JOB, job.id)
-    return job
+    return get_job(rt, job.id)  # as stored (the database's own timestamps), as every later read shows it
 
 
 def _row(session: Session, job_id: int) -> Job:
@@ -193,21 +186,17 @@ def run_job(rt: Runtime, job_id: int) -> str:
         else:
             log.exception("job %s (%s) failed", job_id, kind)
             error = f"internal error: {type(exc).__name__}: {exc} (the traceback is in the worker's log)"
-        with rt.session() as s:
-            job = _row(s, job_id)
-            if job.status == JobStatus.cancelled.value:
-                return job.status
-            job.status = JobStatus.failed.value
-            job.error = error
-            job.result = None
-            job.finished_at = utcnow()
-        return JobStatus.failed.value
+        return _finish(rt, job_id, JobStatus.failed, error=error, result=None)
+    return _finish(rt, job_id, JobStatus.succeeded, result=result, progress=1.0)
+
+
+def _finish(rt: Runtime, job_id: int, status: JobStatus, **fields: Any) -> str:
+    """Record the outcome, unless an admin cancelled the job meanwhile (then it stays cancelled)."""
     with rt.session() as s:
         job = _row(s, job_id)
         if job.status == JobStatus.cancelled.value:
             return job.status
-        job.status = JobStatus.succeeded.value
-        job.result = result
-        job.progress = 1.0
-        job.finished_at = utcnow()
-    return JobStatus.succeeded.value
+        job.status, job.finished_at = status.value, utcnow()
+        for name, value in fields.items():
+            setattr(job, name, value)
+    return status.value

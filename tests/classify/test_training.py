@@ -178,18 +178,6 @@ def test_plot_training_draws_accuracy_and_loss_of_every_split(tmp_path: Path, ca
     assert capsys.readouterr().out.strip() == str(out) and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The CLI on embedded defaults in a temporary data folder."""
-    from semtag.settings import get_settings
-
-    monkeypatch.setenv("SEMTAG_DATA_DIR", str(tmp_path / "var"))
-    for name in ("SEMTAG_DATABASE_URL", "SEMTAG_BROKER_URL"):
-        monkeypatch.delenv(name, raising=False)
-    get_settings.cache_clear()
-    yield tmp_path / "var"
-    get_settings.cache_clear()
-
 
 def test_export_parity_int8_and_registry(scratch_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture, cli_env: Path) -> None:

@@ -34,18 +34,6 @@ def _semtag(args: list[str], tmp_path: Path, **kw) -> subprocess.CompletedProces
                           timeout=120, cwd=tmp_path, **kw)
 
 
-@pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """main() in this process on embedded defaults (SQLite) in a temporary data folder."""
-    from semtag.settings import get_settings
-
-    monkeypatch.setenv("SEMTAG_DATA_DIR", str(tmp_path / "var"))
-    for name in ("SEMTAG_DATABASE_URL", "SEMTAG_BROKER_URL"):
-        monkeypatch.delenv(name, raising=False)
-    get_settings.cache_clear()
-    yield tmp_path / "var"
-    get_settings.cache_clear()
-
 
 def test_top_level_help_is_for_users_and_lists_common_commands(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
