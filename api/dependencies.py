@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -21,6 +21,11 @@ from services.errors import Forbidden, Unauthorized
 from services.runtime import Runtime
 
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+# Row ids are 64-bit: a larger number is a bad request, not a database overflow.
+MAX_ID = 2**63 - 1
+IdPath = Annotated[int, Path(ge=0, le=MAX_ID)]
+IdQuery = Annotated[int | None, Query(ge=0, le=MAX_ID)]
 
 # Declares the bearer scheme in OpenAPI (the Authorize button in /docs); the check is ours.
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="apiKey",

@@ -6,16 +6,43 @@ the other parts are still read.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from services.errors import BadInput, BadRequest, PayloadTooLarge, SemtagError, UnsupportedMediaType
+from services.images.ingest import MAX_SIDECAR_BYTES
 from services.storage import BlobStore, BlobTooLarge, BlobWriter
 
-MAX_FIELD_BYTES = 8 * 1024
+MAX_FIELD_BYTES = 8 * 1024   # one non-file form field (record_id…)
+MAX_FIELDS = 32              # non-file form fields per request
+MAX_PART_HEADERS = 16
+MAX_BOUNDARY = 200           # RFC 2046 allows 70 characters; python-multipart refuses more than 256
+
+
+def _text(raw: bytes) -> str:
+    """A header parameter as text: UTF-8 (what browsers and curl send, RFC 7578), else Latin-1."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _filename(disposition: bytes, params: dict[bytes, bytes]) -> str | None:
+    """The part's file name: RFC 5987 ``filename*=UTF-8''…`` first (RFC 6266), then ``filename``."""
+    m = re.search(rb"""filename\*\s*=\s*([A-Za-z0-9_-]+)'[^']*'([^;\s]+)""", disposition)
+    if m:
+        charset = m.group(1).decode("ascii").lower()
+        try:
+            return unquote(m.group(2).decode("ascii"), encoding=charset, errors="strict")
+        except (LookupError, UnicodeDecodeError):
+            raise BadRequest("the filename* parameter cannot be decoded", "bad_filename") from None
+    raw = params.get(b"filename")
+    return None if raw is None else _text(raw)
 
 
 @dataclass
@@ -42,14 +69,18 @@ class _Collector:
     def __init__(self, store: BlobStore, max_file_bytes: int, max_files: int) -> None:
         self.store, self.max_file_bytes, self.max_files = store, max_file_bytes, max_files
         self.form = Form()
-        self._headers: dict[str, str] = {}
+        self._headers: dict[str, bytes] = {}
         self._hname = b""
         self._hvalue = b""
         self._current: FilePart | None = None
         self._field_name: str | None = None
         self._field_buf = bytearray()
+        self.ended = False
 
     # python-multipart callbacks
+    def on_end(self) -> None:
+        self.ended = True
+
     def on_part_begin(self) -> None:
         self._headers = {}
         self._current = None
@@ -63,20 +94,27 @@ class _Collector:
         self._hvalue += data[start:end]
 
     def on_header_end(self) -> None:
-        self._headers[self._hname.decode("latin-1").lower()] = self._hvalue.decode("utf-8", "replace")
+        if len(self._headers) >= MAX_PART_HEADERS:
+            raise BadRequest(f"a multipart part has more than {MAX_PART_HEADERS} headers", "malformed_multipart")
+        self._headers[self._hname.decode("latin-1").lower()] = self._hvalue
         self._hname, self._hvalue = b"", b""
 
     def on_headers_finished(self) -> None:
-        _, params = parse_options_header(self._headers.get("content-disposition", ""))
-        name = params.get(b"name", b"").decode("utf-8", "replace")
-        filename = params.get(b"filename")
+        disposition = self._headers.get("content-disposition", b"")
+        _, params = parse_options_header(disposition)
+        name = _text(params.get(b"name", b""))
+        filename = _filename(disposition, params)
         if filename is None:
+            if len(self.form.fields) >= MAX_FIELDS:
+                raise PayloadTooLarge(f"at most {MAX_FIELDS} form fields per request", "too_many_fields")
             self._field_name = name
             return
         if len(self.form.files) >= self.max_files:
             raise PayloadTooLarge(f"at most {self.max_files} files per request", "too_many_files")
-        part = FilePart(name, filename.decode("utf-8", "replace"), self._headers.get("content-type"),
-                        self.store.new_writer(self.max_file_bytes))
+        limit = MAX_SIDECAR_BYTES if name == "sidecar" else self.max_file_bytes
+        content_type = self._headers.get("content-type")
+        part = FilePart(name, filename, content_type.decode("latin-1") if content_type is not None else None,
+                        self.store.new_writer(limit))
         self.form.files.append(part)
         self._current = part
 
@@ -114,11 +152,14 @@ async def read_multipart(request: Request, store: BlobStore, max_file_bytes: int
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_request_bytes:
         raise PayloadTooLarge(f"request body exceeds {max_request_bytes} bytes")
+    boundary = params[b"boundary"]
+    if not 1 <= len(boundary) <= MAX_BOUNDARY:
+        raise BadRequest(f"the multipart boundary must be 1–{MAX_BOUNDARY} characters", "malformed_multipart")
     collector = _Collector(store, max_file_bytes, max_files)
     callbacks: Any = {name: getattr(collector, name) for name in (
         "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
-        "on_part_data", "on_part_end")}
-    parser = MultipartParser(params[b"boundary"], callbacks)
+        "on_part_data", "on_part_end", "on_end")}
+    parser = MultipartParser(boundary, callbacks)
     total = 0
     try:
         async for chunk in request.stream():
@@ -127,6 +168,8 @@ async def read_multipart(request: Request, store: BlobStore, max_file_bytes: int
                 raise PayloadTooLarge(f"request body exceeds {max_request_bytes} bytes")
             parser.write(chunk)
         parser.finalize()
+        if not collector.ended:
+            raise BadRequest("the multipart body ends before its closing boundary", "malformed_multipart")
     except SemtagError:
         collector.form.discard()
         raise

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, TypeAdapter, create_model
 
-from api.dependencies import Principal, RuntimeDep, SessionDep, require
+from api.dependencies import IdPath, IdQuery, Principal, RuntimeDep, SessionDep, require
 from api.errors import AUTH_ERRORS, documented
 from services.classify import registry
 from services.classify.schemas import ActivationRead, ModelList, ModelRead
@@ -66,19 +66,19 @@ async def submit_job(req: JobSubmission, rt: RuntimeDep, who: Admin) -> JobRead:
 
 @router.get("/jobs", response_model=JobPage, responses=documented(*AUTH_ERRORS, 422))
 def read_jobs(rt: RuntimeDep, _who: Admin, status: str | None = None, kind: str | None = None,
-              limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: int | None = None) -> JobPage:
+              limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: IdQuery = None) -> JobPage:
     """Jobs, newest first, optionally of one status or kind."""
     rows, next_cursor = list_jobs(rt, status, kind, limit, cursor)
     return JobPage(items=[_job_read(j) for j in rows], next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead, responses=documented(*AUTH_ERRORS, 404))
-def read_job(job_id: int, rt: RuntimeDep, _who: Admin) -> JobRead:
+def read_job(job_id: IdPath, rt: RuntimeDep, _who: Admin) -> JobRead:
     return _job_read(get_job(rt, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobRead, responses=documented(*AUTH_ERRORS, 404, 409))
-def cancel(job_id: int, rt: RuntimeDep, _who: Admin) -> JobRead:
+def cancel(job_id: IdPath, rt: RuntimeDep, _who: Admin) -> JobRead:
     """Cancel a queued or running job (a running one stops at its next progress report); 409 when finished."""
     return _job_read(cancel_job(rt, job_id))
 
@@ -98,7 +98,7 @@ def _report_file(rt: RuntimeDep, job_id: int, name: str) -> Path:
 @router.get("/jobs/{job_id}/report/", response_class=FileResponse,
             responses={200: {"content": {"text/html": {}}, "description": "the report page"},
                        **documented(*AUTH_ERRORS, 404)})
-def read_report(job_id: int, rt: RuntimeDep, _who: Admin) -> FileResponse:
+def read_report(job_id: IdPath, rt: RuntimeDep, _who: Admin) -> FileResponse:
     """The HTML report of a finished clustering job (its figures are served beside it)."""
     return FileResponse(_report_file(rt, job_id, "report.html"), media_type="text/html")
 
@@ -106,7 +106,7 @@ def read_report(job_id: int, rt: RuntimeDep, _who: Admin) -> FileResponse:
 @router.get("/jobs/{job_id}/report/{name}", response_class=FileResponse,
             responses={200: {"content": {"image/png": {}, "application/json": {}}, "description": "a report file"},
                        **documented(*AUTH_ERRORS, 404)})
-def read_report_file(job_id: int, name: str, rt: RuntimeDep, _who: Admin) -> FileResponse:
+def read_report_file(job_id: IdPath, name: str, rt: RuntimeDep, _who: Admin) -> FileResponse:
     """A figure (or analysis.json) of the job's report."""
     return FileResponse(_report_file(rt, job_id, name))
 

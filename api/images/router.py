@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import PurePath
 from typing import Annotated
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from api.dependencies import Principal, RuntimeDep, SessionDep, require
+from api.dependencies import IdPath, IdQuery, Principal, RuntimeDep, SessionDep, require
 from api.errors import AUTH_ERRORS, documented, error_body
 from api.images.schemas import UPLOAD_OPENAPI
 from api.uploads import FilePart, read_multipart
@@ -55,8 +56,8 @@ async def upload_images(request: Request, rt: RuntimeDep,
         for i, part in enumerate(images):
             sidecar = pairs.get(i)
             if part.error is None and sidecar is not None and sidecar.error is not None:
-                part.error = type(sidecar.error)(f"sidecar {sidecar.filename!r}: {sidecar.error.message}",
-                                                 sidecar.error.code)
+                part.error = copy.copy(sidecar.error)  # same class, status and code; the message says which file
+                part.error.message = f"sidecar {sidecar.filename!r}: {sidecar.error.message}"
             if part.error is not None or part.writer is None:
                 part.error = part.error or BadInput(f"{part.filename!r} was not stored", "upload_failed")
                 errors.append(part.error)
@@ -86,25 +87,25 @@ async def upload_images(request: Request, rt: RuntimeDep,
 
 
 @router.get("/{image_id}", response_model=ImageRead, responses=documented(*AUTH_ERRORS, 404))
-def get_image(image_id: int, session: SessionDep, _who: Reader) -> ImageRead:
+def get_image(image_id: IdPath, session: SessionDep, _who: Reader) -> ImageRead:
     """One image with its status, any error and every piece of metadata found so far."""
     return ImageRead.model_validate(image_detail(session, image_id))
 
 
 @router.put("/{image_id}/label", response_model=LabelRead, responses=documented(*AUTH_ERRORS, 404, 422))
-def put_label(image_id: int, body: LabelRequest, session: SessionDep, who: Labeller) -> LabelRead:
+def put_label(image_id: IdPath, body: LabelRequest, session: SessionDep, who: Labeller) -> LabelRead:
     """Store a human label; it becomes the image's searchable category."""
     return LabelRead.model_validate(set_label(session, image_id, body.category, who.label))
 
 
 @router.delete("/{image_id}/label", response_model=LabelRemoved, responses=documented(*AUTH_ERRORS, 404))
-def delete_label(image_id: int, session: SessionDep, _who: Labeller) -> LabelRemoved:
+def delete_label(image_id: IdPath, session: SessionDep, _who: Labeller) -> LabelRemoved:
     """Undo the image's current human label: an earlier label, else the active model's prediction, takes over."""
     return remove_label(session, image_id)
 
 
 @router.get("/{image_id}/predictions", response_model=PredictionHistory, responses=documented(*AUTH_ERRORS, 404))
-def get_predictions(image_id: int, session: SessionDep, _who: Reader) -> PredictionHistory:
+def get_predictions(image_id: IdPath, session: SessionDep, _who: Reader) -> PredictionHistory:
     """Every model's prediction for the image, newest first."""
     rows = predictions_of(session, image_id)
     return PredictionHistory(image_id=image_id, predictions=[PredictionRead.model_validate(p) for p in rows])
@@ -115,7 +116,7 @@ def search_images(
     session: SessionDep,
     _who: Reader,
     category: str | None = None,
-    subcategory: int | None = None,
+    subcategory: IdQuery = None,
     pixel_size_min_nm: float | None = None,
     pixel_size_max_nm: float | None = None,
     min_confidence: float | None = None,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from api.dependencies import Principal, SessionDep, require
+from api.dependencies import IdPath, IdQuery, Principal, SessionDep, require
 from api.errors import AUTH_ERRORS, documented
 from services.clustering.schemas import SubcategoryDetail, SubcategoryTree
 from services.clustering.subcategories import list_subcategories, subcategory_detail
@@ -18,13 +18,13 @@ Reader = Annotated[Principal, Depends(require("read"))]
 
 @router.get("", response_model=SubcategoryTree, responses=documented(*AUTH_ERRORS, 422))
 def read_tree(session: SessionDep, _who: Reader, parent_category: str | None = None,
-              run_id: int | None = None) -> SubcategoryTree:
+              run_id: IdQuery = None) -> SubcategoryTree:
     """The tree of the latest clustering run (or of `run_id`)."""
     return list_subcategories(session, parent_category, run_id)
 
 
 @router.get("/{sub_id}", response_model=SubcategoryDetail, responses=documented(*AUTH_ERRORS, 404, 422))
-def read_subcategory(sub_id: int, session: SessionDep, _who: Reader,
-                     limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: int | None = None) -> SubcategoryDetail:
+def read_subcategory(sub_id: IdPath, session: SessionDep, _who: Reader,
+                     limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: IdQuery = None) -> SubcategoryDetail:
     """One subcategory with a page of its member images."""
     return subcategory_detail(session, sub_id, limit, cursor)

@@ -45,7 +45,8 @@ def _ingest(rt: Runtime, payload: IngestPayload) -> IngestAccepted:
         filename = payload.filename or (payload.url.rsplit("/", 1)[-1].split("?")[0] if payload.url else None)
         res = ingest_file(rt, writer, filename, payload.record_id, sidecar)
         return IngestAccepted(id=res.image_id, sha256=res.sha256, filename=res.filename, status=res.status,
-                              duplicate=res.duplicate, record_id=payload.record_id)
+                              duplicate=res.duplicate, record_id=res.record_id,
+                              record_id_kept=res.record_id == payload.record_id)
     finally:
         writer.discard()
         if sidecar is not None:
@@ -67,6 +68,8 @@ async def ingest_webhook(request: Request, rt: RuntimeDep) -> IngestAccepted:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInput(f"request body is not valid JSON: {exc}", "malformed_json") from None
+    except RecursionError:
+        raise BadInput("request body is nested too deeply", "malformed_json") from None
     try:
         payload = IngestPayload.model_validate(data)
     except ValidationError as exc:

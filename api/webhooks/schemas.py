@@ -25,4 +25,7 @@ class IngestAccepted(BaseModel):
     filename: str
     status: str
     duplicate: bool = Field(description="the same bytes were already stored; the existing id is returned")
-    record_id: str
+    record_id: str | None = Field(description="the record the stored image belongs to: for known bytes, the record "
+                                              "they were first stored under")
+    record_id_kept: bool = Field(True, description="false when known bytes arrived under another record_id, which "
+                                                   "was not recorded (one record per image for now)")

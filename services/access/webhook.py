@@ -6,6 +6,8 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
+import re
 import time
 from urllib.parse import urlsplit
 
@@ -13,6 +15,8 @@ import httpx
 
 from services.errors import BadInput, Unauthorized, Unavailable
 from services.storage import BlobTooLarge, BlobWriter
+
+log = logging.getLogger(__name__)
 
 
 class WebhookDisabled(Unavailable):
@@ -35,17 +39,17 @@ def verify_signature(secret: str | None, timestamp: str | None, signature: str |
         raise WebhookDisabled("the ingest webhook is disabled: SEMTAG_WEBHOOK_SECRET is not set")
     if not timestamp or not signature:
         raise Unauthorized(f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header", "missing_signature")
-    try:
-        ts = int(timestamp)
-    except ValueError:
-        raise Unauthorized(f"{TIMESTAMP_HEADER} must be Unix seconds", "bad_timestamp") from None
+    if not re.fullmatch(r"\d{1,12}", timestamp.strip()):
+        raise Unauthorized(f"{TIMESTAMP_HEADER} must be Unix seconds", "bad_timestamp")
+    ts = int(timestamp)
     now = time.time() if now is None else now
     if abs(now - ts) > max_skew_s:
         raise Unauthorized(
             f"signature timestamp is {int(now - ts)} s from now; allowed ±{max_skew_s} s (replay protection)",
             "stale_signature",
         )
-    if not hmac.compare_digest(sign(secret, timestamp, body), signature.strip()):
+    given = signature.strip().encode("utf-8", "surrogateescape")  # a header may carry any byte
+    if not hmac.compare_digest(sign(secret, timestamp.strip(), body).encode(), given):
         raise Unauthorized("signature does not match the body", "bad_signature")
 
 
@@ -64,11 +68,17 @@ def decode_base64_into(data: str, writer: BlobWriter, chunk_chars: int = 4 * 102
 
 
 def check_url_allowed(url: str, allowlist: list[str]) -> None:
-    parts = urlsplit(url)
+    if not url.isascii() or any(c.isspace() or ord(c) < 32 for c in url):
+        raise BadInput("url must be an absolute http(s) URL without spaces or control characters", "bad_url")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for 'host:1:2', a non-numeric or out-of-range port
+    except ValueError:
+        raise BadInput("url is not a valid http(s) URL (host or port cannot be parsed)", "bad_url") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadInput("url must be an absolute http(s) URL", "bad_url")
     host = parts.hostname.lower()
-    hostport = f"{host}:{parts.port}" if parts.port else host
+    hostport = f"{host}:{port}" if port else host
     allowed = {h.lower() for h in allowlist}
     if host not in allowed and hostport not in allowed:
         raise BadInput(f"host {host!r} is not on the webhook URL allow-list", "url_not_allowed")
@@ -86,4 +96,7 @@ def fetch_into(url: str, writer: BlobWriter, allowlist: list[str], timeout_s: fl
     except BlobTooLarge:
         raise
     except httpx.HTTPError as exc:
-        raise BadInput(f"fetching the url failed: {type(exc).__name__}: {exc}", "fetch_failed") from None
+        # One message for every transport failure: refused, reset, timed out and unreachable must look alike,
+        # or the webhook maps which ports answer. The detail goes to the log.
+        log.info("webhook fetch of %s failed: %s: %s", url, type(exc).__name__, exc)
+        raise BadInput("the file could not be fetched from the url", "fetch_failed") from None

@@ -82,7 +82,7 @@ def register(session: Session, path: Path | str, models_dir: Path | str, task: s
 
 def get(session: Session, version: str) -> ModelVersion:
     row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
-    if row is None and version.isdigit():
+    if row is None and version.isascii() and version.isdigit() and len(version) <= 18:
         row = session.get(ModelVersion, int(version))
     if row is None:
         raise NotFound(f"no model {version!r} in the registry")

@@ -45,7 +45,9 @@ for _alias, _slug in {
 
 def to_slug(value: str | int) -> str:
     """Category slug from a slug, display name, dataset folder name or index 0–9."""
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+    if isinstance(value, bool):
+        raise BadInput("category must be a name, a slug or an index 0–9, not true/false", "unknown_category")
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isascii() and value.strip().isdigit()):
         idx = int(value)
         if 0 <= idx < len(SLUGS):
             return SLUGS[idx]

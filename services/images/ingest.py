@@ -23,12 +23,17 @@ MAX_FILENAME = 255
 MAX_SIDECAR_BYTES = 1024 * 1024
 
 
+# Embeddings, overrides and isolates can make 'gpj.exe' read as 'exe.jpg'; marks (LRM, RLM) and the
+# zero-width joiner of emoji sequences are harmless and stay.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def clean_filename(name: str | None) -> str:
     """The file's base name, or a clear error for path traversal and control characters."""
     if name is None or name == "":
         return "upload"
-    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in name):
-        raise BadInput("filename contains control characters", "bad_filename")
+    if any(unicodedata.category(ch) == "Cc" or ch in _BIDI_CONTROLS for ch in name):
+        raise BadInput("filename contains control or bidirectional-override characters", "bad_filename")
     parts = set(PurePosixPath(name).parts) | set(PureWindowsPath(name).parts)
     if ".." in parts or name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
         raise BadInput(f"filename {name!r} contains a path; send a plain file name", "bad_filename")
@@ -55,6 +60,7 @@ class IngestResult:
     filename: str
     status: str
     duplicate: bool
+    record_id: str | None = None  # the record the stored image belongs to (for known bytes: the first one)
 
 
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp"}
@@ -95,7 +101,7 @@ def ingest_file(
                 existing.sidecar_key = _store_sidecar(rt, sidecar)
             if existing.record_id is None and record_id:
                 existing.record_id = record_id
-            return IngestResult(existing.id, sha, existing.filename, existing.status, True)
+            return IngestResult(existing.id, sha, existing.filename, existing.status, True, existing.record_id)
 
     key = rt.store.commit(writer, _SUFFIX.get(info.format, ""))
     sidecar_key = _store_sidecar(rt, sidecar)
@@ -114,10 +120,10 @@ def ingest_file(
     except IntegrityError:  # the same bytes arrived concurrently: the other upload won
         with rt.session() as s:
             existing = s.scalars(select(Image).where(Image.sha256 == sha)).one()
-            return IngestResult(existing.id, sha, existing.filename, existing.status, True)
+            return IngestResult(existing.id, sha, existing.filename, existing.status, True, existing.record_id)
 
     enqueue_processing(rt, image_id)
-    return IngestResult(image_id, sha, name, ImageStatus.pending.value, False)
+    return IngestResult(image_id, sha, name, ImageStatus.pending.value, False, record_id)
 
 
 def enqueue_processing(rt: Runtime, image_id: int, steps: tuple[str, ...] = (TASK_READ_SCALE, TASK_CLASSIFY)) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -64,14 +65,15 @@ class ImageFilter:
             self.category = to_slug(self.category)
         if self.status is not None and self.status not in {s.value for s in ImageStatus}:
             raise BadInput(f"status must be one of {', '.join(s.value for s in ImageStatus)}", "bad_filter")
-        for name in ("pixel_size_min_nm", "pixel_size_max_nm"):
+        for name in ("pixel_size_min_nm", "pixel_size_max_nm", "scale_min_nm", "scale_max_nm"):
             v = getattr(self, name)
-            if v is not None and not v >= 0:
-                raise BadInput(f"{name} must be a non-negative number", "bad_filter")
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise BadInput(f"{name} must be a finite, non-negative number", "bad_filter")
         if (self.pixel_size_min_nm is not None and self.pixel_size_max_nm is not None
                 and self.pixel_size_min_nm > self.pixel_size_max_nm):
             raise BadInput("pixel_size_min_nm is larger than pixel_size_max_nm", "bad_filter")
-        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+        if self.min_confidence is not None and not (math.isfinite(self.min_confidence)
+                                                    and 0.0 <= self.min_confidence <= 1.0):
             raise BadInput("min_confidence must be between 0 and 1", "bad_filter")
 
     def apply(self, stmt):  # noqa: ANN001, ANN201
@@ -121,8 +123,8 @@ def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, value = raw.split(":", 1)
-        if kind != "i":
-            raise ValueError
+        if kind != "i" or not value.isascii() or not value.isdigit() or len(value) > 18:
+            raise ValueError  # ids are 64-bit: 18 digits always fit
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadInput("cursor is not valid; use the next_cursor of a previous page", "bad_cursor") from None

@@ -10,12 +10,10 @@ import time
 
 import pytest
 
-from semtag.settings import Settings
 from services.access.webhook import sign
 from tests import imagegen
+from tests.access.conftest import SECRET
 from tests.conftest import Client
-
-SECRET = "s3cret-shared-with-the-repository"
 
 
 @pytest.fixture
@@ -43,12 +41,6 @@ def files_server():
     yield f"http://127.0.0.1:{srv.server_address[1]}", payload
     srv.shutdown()
 
-
-@pytest.fixture
-def wh(tmp_path):
-    c = Client(Settings(data_dir=tmp_path / "var", webhook_secret=SECRET, webhook_url_allowlist=["127.0.0.1"]))
-    yield c
-    c.close()
 
 
 def post(c: Client, body: bytes, ts: int | None = None, secret: str = SECRET, signature: str | None = None):
