@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.errors import SemtagError
+from services.errors import DatabaseUnavailable, SemtagError
+
+log = logging.getLogger(__name__)
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -25,6 +29,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(SemtagError)
     async def _semtag_error(_req: Request, exc: SemtagError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    @app.exception_handler(sqlalchemy.exc.InterfaceError)
+    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    async def _database_down(_req: Request, exc: Exception) -> JSONResponse:
+        # The database is down or out of connections: what was committed stays, a retry is safe.
+        log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        return error_response(DatabaseUnavailable("the database is unavailable; retry later",
+                                                  headers={"Retry-After": "30"}))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:

@@ -15,6 +15,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 
 from api import errors
 from api.admin.router import job_request_schema
@@ -109,8 +110,12 @@ def create_app(settings: Settings | None = None, auto_migrate: bool = True) -> F
         STATE.runtime = runtime
         stop = threading.Event()
         if isinstance(runtime.queue, InlineQueue):
-            # Work queued in memory is lost with the process: pick it up again at start.
-            pipeline.reconcile(runtime, older_than_s=0)
+            # Work queued in memory is lost with the process: pick it up again at start (or, with the
+            # database down, at the reconciler's first round after it is back; the API answers 503 meanwhile).
+            try:
+                pipeline.reconcile(runtime, older_than_s=0)
+            except SQLAlchemyError:
+                log.exception("start-up reconciliation failed; the periodic reconciler will retry")
             threading.Thread(target=_embedded_reconciler, args=(runtime, stop), daemon=True).start()
         yield
         stop.set()

@@ -110,6 +110,16 @@ def validation_message(exc: ValidationError, model: type[BaseModel] | None = Non
 TRAIN_MODULES = frozenset({"tensorflow", "keras", "tf2onnx", "tensorboard"})
 
 
+class QueueUnavailable(Unavailable):
+    """The broker cannot take a task now; what was committed stays, and a retry is safe."""
+
+    code = "queue_unavailable"
+
+
+class DatabaseUnavailable(Unavailable):
+    code = "database_unavailable"
+
+
 class MissingExtra(Unavailable):
     """A feature needs packages this installation leaves out (the slim serving install)."""
 

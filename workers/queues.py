@@ -10,21 +10,43 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from semtag.settings import Settings
+from services.errors import QueueUnavailable
 from services.runtime import TASK_QUEUES
 
 log = logging.getLogger(__name__)
 
 
 class CeleryQueue:
-    def __init__(self, broker_url: str | None = None) -> None:
+    """Sends tasks to Redis through a pool of connections with short socket timeouts, so that a broker
+    that is down or frozen costs a publisher seconds, not minutes: the caller gets
+    :class:`QueueUnavailable` and decides (an image stays pending for the reconciler; a job fails)."""
+
+    def __init__(self, broker_url: str | None = None, timeout_s: float = 2.0) -> None:
+        from kombu import Connection
+
         from workers.app import app
 
         if broker_url and app.conf.broker_url != broker_url:
             app.conf.broker_url = broker_url
         self.app = app
+        self.timeout_s = timeout_s
+        options = {**app.conf.broker_transport_options, "socket_timeout": timeout_s,
+                   "socket_connect_timeout": timeout_s}
+        self._connection = Connection(app.conf.broker_url, transport_options=options, connect_timeout=timeout_s)
 
     def enqueue(self, task: str, *args: int) -> None:
-        self.app.send_task(task, args=list(args), queue=TASK_QUEUES[task])
+        from kombu.exceptions import KombuError, OperationalError
+        from kombu.pools import connections
+        from redis.exceptions import RedisError
+
+        try:
+            with connections[self._connection].acquire(block=True, timeout=self.timeout_s) as conn:
+                self.app.send_task(task, args=list(args), queue=TASK_QUEUES[task], connection=conn, retry=True,
+                                   retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                                                 "interval_max": 0.2})
+        except (OperationalError, KombuError, RedisError, OSError) as exc:
+            log.warning("could not queue %s%s: %s: %s", task, args, type(exc).__name__, exc)
+            raise QueueUnavailable("the task queue (Redis) is unavailable", headers={"Retry-After": "30"}) from exc
 
     def depth(self) -> dict[str, int]:
         """Messages waiting per queue (Redis list lengths)."""

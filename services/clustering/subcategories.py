@@ -15,6 +15,7 @@ A clustering run (admin job ``clustering`` or ``semtag cluster``):
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from services.jobs.service import JobContext
 from services.runtime import Runtime
 from services.tables import HumanLabel, Image, ModelVersion, StepState, Subcategory
 
+log = logging.getLogger(__name__)
 
 def clustering_params(params: dict[str, Any] | ClusteringParams) -> dict[str, Any]:
     """A run's parameters through :class:`ClusteringParams`, every default filled in (BadParams otherwise)."""
@@ -85,7 +87,6 @@ def features_for(rt: Runtime, model: ModelVersion, rows: list[tuple], output: st
     todo = [(iid, key) for iid, key, _ in rows if iid not in have]
     if todo:
         eng = inference.engine_for(model.file_path, model.file_sha256)
-        failed = []
         for n in range(0, len(todo), 64):
             chunk = todo[n:n + 64]
             xs, ok = [], []
@@ -93,8 +94,8 @@ def features_for(rt: Runtime, model: ModelVersion, rows: list[tuple], output: st
                 try:
                     xs.append(eng.decode(rt.store.local_path(key))[0])
                     ok.append(iid)
-                except Exception:  # noqa: BLE001 — an unreadable blob is left out, and said so
-                    failed.append(iid)
+                except Exception:  # noqa: BLE001 — an unreadable blob is left out, and run_clustering says so
+                    log.warning("clustering: image %s cannot be decoded; left out", iid)
             if xs:
                 feats = eng.run(np.stack(xs), outputs=(output,))[output]
                 have.update(zip(ok, feats))
@@ -103,9 +104,12 @@ def features_for(rt: Runtime, model: ModelVersion, rows: list[tuple], output: st
         cache.parent.mkdir(parents=True, exist_ok=True)
         ids_all = np.array(sorted(have), np.int64)
         tmp = cache.with_suffix(".part.npz")
-        np.savez(tmp, ids=ids_all, X=np.stack([have[i] for i in ids_all]))
-        tmp.replace(cache)
+        if len(ids_all):
+            np.savez(tmp, ids=ids_all, X=np.stack([have[i] for i in ids_all]))
+            tmp.replace(cache)
     ids = [iid for iid, _, _ in rows if iid in have]
+    if not ids:
+        raise BadInput(f"none of the {len(rows)} selected images could be decoded", "empty_selection")
     return np.stack([have[i] for i in ids]).astype(np.float32), ids
 
 
@@ -126,6 +130,8 @@ def run_clustering(rt: Runtime, params: dict[str, Any], out_dir: Path, run_id: i
                        "scale_max_nm to null in the job, or pass --all-scales on the command line", "empty_selection")
     say(0.02, f"features of {len(rows)} images")
     X, ids = features_for(rt, model, rows, p["output"], lambda f: say(0.02 + 0.2 * f, "features"))
+    kept = set(ids)
+    left_out = [iid for iid, _, _ in rows if iid not in kept]
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     np.savez(Path(out_dir) / "features.npz", ids=np.array(ids, np.int64), X=X, output=p["output"],
              model_version=model.version)
@@ -150,6 +156,8 @@ def run_clustering(rt: Runtime, params: dict[str, Any], out_dir: Path, run_id: i
     write_html(report, Path(out_dir))
     (Path(out_dir) / "analysis.json").write_text(json.dumps(report, indent=1, default=float), encoding="utf-8")
     return {"images": len(ids), "labelled": int((labels >= 0).sum()), "model_version": model.version,
+            "left_out": {"count": len(left_out), "image_ids": left_out[:100],
+                         "reason": "cannot be decoded" if left_out else None},
             "intrinsic_dimension": report["intrinsic_dimension"]["estimate"],
             "subcategories": len(tree), "report": str(Path(out_dir) / "report.html"),
             "nmi": {m: (e.get("scores") or [{}])[0].get("nmi") for m, e in report["methods"].items()}}
@@ -170,6 +178,9 @@ def write_tree(rt: Runtime, Z: np.ndarray, ids: list[int], cats: dict[int, str |
         groups = [(None, np.arange(len(ids)))]
     tree: list[dict] = []
     with rt.session() as s:
+        # The new tree replaces the old one: no image keeps a pointer into an earlier run, also
+        # images outside this run's selection.
+        s.execute(update(Image).where(Image.subcategory_id.is_not(None)).values(subcategory_id=None))
         for cat, members in groups:
             if len(members) < 2:
                 continue

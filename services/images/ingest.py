@@ -6,6 +6,7 @@ Bytes and row are committed before anything is enqueued.
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
@@ -13,13 +14,14 @@ from pathlib import PurePosixPath, PureWindowsPath
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from services.errors import BadInput
+from services.errors import BadInput, QueueUnavailable
 from services.images.imaging import EmptyFile, probe
 from services.runtime import TASK_CLASSIFY, TASK_READ_SCALE, Runtime
 from services.storage import BlobWriter
 from services.tables import Image, ImageStatus, StepState
 
 MAX_FILENAME = 255
+log = logging.getLogger(__name__)
 MAX_SIDECAR_BYTES = 1024 * 1024
 
 
@@ -126,6 +128,13 @@ def ingest_file(
     return IngestResult(image_id, sha, name, ImageStatus.pending.value, False, record_id)
 
 
-def enqueue_processing(rt: Runtime, image_id: int, steps: tuple[str, ...] = (TASK_READ_SCALE, TASK_CLASSIFY)) -> None:
+def enqueue_processing(rt: Runtime, image_id: int, steps: tuple[str, ...] = (TASK_READ_SCALE, TASK_CLASSIFY)) -> bool:
+    """Queue the image's steps. With the broker unavailable the image stays pending, stored and committed,
+    and the reconciler queues it once the broker is back: the upload still succeeded. False then."""
     for task in steps:
-        rt.queue.enqueue(task, image_id)
+        try:
+            rt.queue.enqueue(task, image_id)
+        except QueueUnavailable:
+            log.warning("image %s stays pending: the queue is unavailable; the reconciler will queue it", image_id)
+            return False
+    return True

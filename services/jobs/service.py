@@ -22,7 +22,16 @@ from pydantic import BaseModel
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from services.errors import BadInput, BadParams, Conflict, NotFound, SemtagError, missing_extra, parse_params
+from services.errors import (
+    BadInput,
+    BadParams,
+    Conflict,
+    NotFound,
+    QueueUnavailable,
+    SemtagError,
+    missing_extra,
+    parse_params,
+)
 from services.jobs.schemas import SelftestParams
 from services.runtime import TASK_RUN_JOB, Runtime
 from services.tables import Job, JobStatus, utcnow
@@ -108,7 +117,12 @@ def create_job(rt: Runtime, kind: str, params: dict[str, Any] | None, created_by
         job = Job(kind=kind, params=clean, status=JobStatus.queued.value, created_by=created_by)
         s.add(job)
         s.flush()
-    rt.queue.enqueue(TASK_RUN_JOB, job.id)
+    try:
+        rt.queue.enqueue(TASK_RUN_JOB, job.id)
+    except QueueUnavailable as exc:
+        _finish(rt, job.id, JobStatus.failed, error="could not be queued: the task queue was unavailable")
+        raise QueueUnavailable(f"job {job.id} could not be queued (the task queue is unavailable) and was marked "
+                               "failed; submit it again", headers=exc.headers) from None
     return get_job(rt, job.id)  # as stored (the database's own timestamps), as every later read shows it
 
 

@@ -10,6 +10,7 @@ import cv2
 
 from services.classify import registry
 from services.data.synth import make_image
+from services.tables import Image
 from tests.conftest import Client
 
 
@@ -85,15 +86,20 @@ def test_clustering_report_is_served(sqlite_settings, alexnet_onnx: Path) -> Non
         for k in range(22):
             img, _ = make_image(k % 10, 96, 96, seed=900 + k)
             files.append((f"r{k}.png", cv2.imencode(".png", img)[1].tobytes()))
-        c.upload(*files)
+        ids = [it["id"] for it in c.upload(*files).json()["items"]]
         c.wait()
+        outside, broken = ids[0], ids[1]
+        with c.rt.session() as s:  # a blob damaged on disk after it was accepted
+            c.rt.store.local_path(s.get(Image, broken).storage_key).write_bytes(b"not an image any more")
         h = c.auth("admin")
-        r = c.http.post("/v1/admin/jobs", json={"kind": "clustering", "params": {
-            "scale_min_nm": None, "scale_max_nm": None, "k": 2, "autoencoder": False, "methods": ["ward"],
-            "dp_k": 5}}, headers=h)
+        params = {"scale_min_nm": None, "scale_max_nm": None, "k": 2, "autoencoder": False, "methods": ["ward"],
+                  "dp_k": 5}
+        r = c.http.post("/v1/admin/jobs", json={"kind": "clustering", "params": params}, headers=h)
         c.wait()
         job = c.get(f"/v1/admin/jobs/{r.json()['id']}", role="admin").json()
         assert job["status"] == "succeeded", job["error"]
+        assert job["result"]["images"] == 21 and job["result"]["left_out"]["image_ids"] == [broken]
+        assert c.get(f"/v1/images/{outside}").json()["subcategory"] is not None
         url = job["report_url"]
         assert url == f"/v1/admin/jobs/{job['id']}/report/"
         page = c.http.get(url, headers=h)
@@ -105,5 +111,17 @@ def test_clustering_report_is_served(sqlite_settings, alexnet_onnx: Path) -> Non
         selftest = c.http.post("/v1/admin/jobs", json={"kind": "selftest", "params": {"steps": 1}}, headers=h).json()
         c.wait()
         assert c.http.get(f"/v1/admin/jobs/{selftest['id']}/report/", headers=h).status_code == 404
+        # A re-clustering of a narrower selection leaves no pointer into the old tree
+        with c.rt.session() as s:
+            for iid in ids[1:]:
+                s.get(Image, iid).scale_nm = 1500.0
+        again = c.http.post("/v1/admin/jobs", json={"kind": "clustering", "params": {
+            **params, "scale_min_nm": 1000.0, "scale_max_nm": 2000.0}}, headers=h).json()
+        c.wait()
+        job = c.get(f"/v1/admin/jobs/{again['id']}", role="admin").json()
+        assert job["status"] == "succeeded" and job["result"]["images"] == 20, job
+        assert c.get(f"/v1/images/{outside}").json()["subcategory"] is None
+        tree = c.get("/v1/subcategories").json()
+        assert tree["run_id"] == again["id"] and sum(sc["size"] for sc in tree["subcategories"]) == 20
     finally:
         c.close()
