@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from services.access import auth
-from services.errors import Forbidden, Unauthorized
+from services.errors import BadInput, Forbidden, Unauthorized
 from services.runtime import Runtime
 
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -78,3 +79,25 @@ def require(permission: str) -> Callable[..., Principal]:
         return principal
 
     return dependency
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def known_query_only(request: Request) -> None:
+    """Refuse query parameters the route does not take: a misspelt filter (``?catgory=``) would
+    otherwise be ignored and return everything."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _query_names(dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise BadInput(f"unknown query parameter(s) {', '.join(map(repr, unknown))}; this endpoint takes "
+                       f"{', '.join(sorted(known)) or 'none'}", "unknown_parameter")

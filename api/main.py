@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import fastapi_offline
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api import errors
 from api.admin.router import job_request_schema
 from api.admin.router import router as admin_router
+from api.dependencies import known_query_only
 from api.health.router import router as health_router
 from api.images.router import router as images_router
 from api.metrics import STATE, MetricsMiddleware
@@ -69,8 +70,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     body["schema"] = union
     schema["paths"]["/v1/admin/jobs"]["post"].pop("x-semtag-job-request", None)
     # Request validation errors leave in the error envelope too (api/errors.py), not FastAPI's default shape.
+    envelope = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorRead"}}}
     for ops in schema["paths"].values():
         for op in ops.values():
+            if "application/json" in op.get("requestBody", {}).get("content", {}):
+                op["responses"].setdefault("400", {"description": "the body cannot be parsed", "content": envelope})
             if "422" in op.get("responses", {}):
                 op["responses"]["422"] = {"description": "invalid parameters or content", "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/ErrorRead"}}}}
@@ -123,7 +127,7 @@ def create_app(settings: Settings | None = None, auto_migrate: bool = True) -> F
             runtime.queue.shutdown()
 
     app = FastAPI(title="semtag", version=__version__, lifespan=lifespan, description=DESCRIPTION,
-                  docs_url=None, redoc_url=None)
+                  docs_url=None, redoc_url=None, dependencies=[Depends(known_query_only)])
     app.state.runtime = runtime
     app.add_middleware(MetricsMiddleware)
     errors.install(app)

@@ -7,6 +7,7 @@ made, so nothing here imports the tasks at run time.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from semtag.settings import Settings
@@ -70,10 +71,22 @@ class InlineQueue:
         from workers.app import app
 
         self.app = app
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="semtag-task")
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="semtag-task")
+
+    def _live_pool(self) -> ThreadPoolExecutor:
+        """The pool, made anew after a shutdown (an app whose lifespan restarts: reloads, test clients)."""
+        with self._lock:
+            if self._pool._shutdown:
+                self._pool = self._new_pool()
+            return self._pool
 
     def enqueue(self, task: str, *args: int) -> None:
-        self._pool.submit(self._run, task, args)
+        self._live_pool().submit(self._run, task, args)
 
     def _run(self, task: str, args: tuple[int, ...]) -> None:
         try:
@@ -89,7 +102,7 @@ class InlineQueue:
         import time
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        done = self._pool.submit(lambda: None)
+        done = self._live_pool().submit(lambda: None)
         done.result(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def shutdown(self) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Union
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field, TypeAdapter, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from api.dependencies import IdPath, IdQuery, Principal, RuntimeDep, SessionDep, require
 from api.errors import AUTH_ERRORS, documented
@@ -29,8 +29,10 @@ REPORT_KINDS = ("clustering",)
 class JobSubmission(BaseModel):
     """A job: its ``kind`` and that kind's ``params`` (see ``GET /v1/admin/job-kinds``)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     kind: str = Field(description="job kind, e.g. training, clustering, selftest")
-    params: dict[str, Any] | None = Field(default=None, description="the kind's parameters; defaults when absent")
+    params: dict[str, Any] = Field(default_factory=dict, description="the kind's parameters; defaults when absent")
 
 
 def job_request_schema() -> dict[str, Any]:
@@ -44,7 +46,8 @@ def job_request_schema() -> dict[str, Any]:
             params = (kind.params, ...)
         model_name = "".join(part.title() for part in name.split("_")) + "JobRequest"
         tag: Any = (Literal[name], ...)  # a type made at run time, from the registry
-        variants.append(create_model(model_name, __doc__=kind.description, kind=tag, params=params))
+        variants.append(create_model(model_name, __doc__=kind.description, __config__=ConfigDict(extra="forbid"),
+                                     kind=tag, params=params))
     union: Any = Annotated[Union[tuple(variants)], Field(discriminator="kind")]  # noqa: UP007
     return TypeAdapter(union).json_schema(ref_template="#/components/schemas/{model}")
 

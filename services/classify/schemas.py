@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from services.types import UtcDateTime
 
 # Importable without TensorFlow (the CLI, the API's validation); models/architectures builds them.
 ARCH_NAMES = ("alexnet", "inception_v3", "inception_v4", "inception_resnet_v2")
@@ -55,7 +56,7 @@ class ModelRead(BaseModel):
     file_path: str
     file_sha256: str
     active: bool
-    created_at: datetime | None = None
+    created_at: UtcDateTime | None = None
 
 
 class ModelList(BaseModel):

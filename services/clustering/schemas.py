@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from services.data.categories import NAMES
+from services.types import UtcDateTime
 
 Method = Literal["single", "complete", "centroid", "ward", "density_peaks"]
 
@@ -55,7 +55,7 @@ class SubcategoryRead(BaseModel):
     size: int
     representatives: list[int] = Field(description="medoid image ids")
     run_id: int | None = None
-    created_at: datetime | None = None
+    created_at: UtcDateTime | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, computed_field
 
 from services.data.categories import NAMES
+from services.types import UtcDateTime
 
 
 class LabelRequest(BaseModel):
@@ -23,7 +23,7 @@ class LabelRead(BaseModel):
     image_id: int
     category: str
     labelled_by: str
-    created_at: datetime | None = None
+    created_at: UtcDateTime | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

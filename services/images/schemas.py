@@ -7,7 +7,6 @@ models are the typed contract the API declares as ``response_model`` and documen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validat
 from services.data.categories import NAMES, SLUGS
 from services.scale.units import scale_bin
 from services.tables import HumanLabel, Image, Prediction, ScaleReading, Subcategory
+from services.types import UtcDateTime
 
 
 class ReadModel(BaseModel):
@@ -47,7 +47,7 @@ class PredictionRead(ReadModel):
     needs_review: bool
     ood_score: float | None = None
     model_version: str
-    created_at: datetime | None = None
+    created_at: UtcDateTime | None = None
 
     @field_validator("probabilities", mode="before")
     @classmethod
@@ -63,7 +63,7 @@ class PredictionRead(ReadModel):
 class HumanLabelRead(ReadModel):
     category: str
     labelled_by: str
-    created_at: datetime | None = None
+    created_at: UtcDateTime | None = None
 
 
 class SubcategoryRef(ReadModel):
@@ -110,7 +110,7 @@ class ImageSummary(BaseModel):
     scale_nm: float | None = Field(None, description="length of the scale bar in nm")
     scale_bin: str | None = Field(None, description="1-2-5 bin of the scale bar, e.g. '1 µm–2 µm'")
     subcategory_id: int | None = None
-    created_at: datetime | None = None
+    created_at: UtcDateTime | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -153,7 +153,7 @@ class ImageRead(ImageSummary):
     model_version: str | None = None
     human_label: HumanLabelRead | None = None
     subcategory: SubcategoryRef | None = None
-    updated_at: datetime | None = None
+    updated_at: UtcDateTime | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from services.types import UtcDateTime
 
 
 class JobRead(BaseModel):
@@ -25,9 +26,9 @@ class JobRead(BaseModel):
     error: str | None = None
     attempts: int
     created_by: str | None = None
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: UtcDateTime | None = None
+    started_at: UtcDateTime | None = None
+    finished_at: UtcDateTime | None = None
     report_url: str | None = Field(None, description="the HTML report of a finished clustering job")
 
 

@@ -125,3 +125,12 @@ def test_form_fields_and_sidecars_are_capped(sqlite_client: Client) -> None:
 def test_405_says_what_is_allowed(sqlite_client: Client) -> None:
     r = sqlite_client.http.delete("/v1/review", headers=sqlite_client.auth("admin"))
     assert r.status_code == 405 and _code(r) == "method_not_allowed" and r.headers["allow"] == "GET"
+    r = sqlite_client.http.delete("/v1/images", headers=sqlite_client.auth("admin"))
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"  # both routes of the path, not the first
+
+
+def test_unknown_query_parameters_are_named(sqlite_client: Client) -> None:
+    r = sqlite_client.get("/v1/images", params={"catgory": "tips"})
+    assert r.status_code == 422 and _code(r) == "unknown_parameter" and "'catgory'" in r.json()["error"]["message"]
+    assert "category" in r.json()["error"]["message"]
+    assert sqlite_client.get("/v1/images", params={"category": "tips", "limit": 5}).status_code == 200
