@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -38,16 +39,26 @@ class StateCollector:
 
     def __init__(self) -> None:
         self.runtime: Runtime | None = None
+        self._counts: dict[str, int] | None = None
+        self._counted_at = 0.0
 
-    def collect(self):  # noqa: ANN201
+    def _image_counts(self, rt: Runtime) -> dict[str, int]:
+        """Images by status, read from the database at most once per SEMTAG_METRICS_CACHE_S."""
+        now = time.monotonic()
+        if self._counts is None or now - self._counted_at >= rt.settings.metrics_cache_s:
+            with rt.session() as s:
+                self._counts = count_by_status(s)
+            self._counted_at = now
+        return self._counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         rt = self.runtime
         if rt is None:
             return
         images = GaugeMetricFamily("semtag_images", "Images by status", labels=["status"])
         try:
-            with rt.session() as s:
-                for status, n in count_by_status(s).items():
-                    images.add_metric([status], n)
+            for status, n in self._image_counts(rt).items():
+                images.add_metric([status], n)
             yield images
         except Exception:  # noqa: BLE001  (a scrape must not fail because the database is down)
             pass

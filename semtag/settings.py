@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     reconcile_every_s: int = 60
     broker_visibility_timeout_s: int = 3600  # redelivery delay of tasks whose worker died
     worker_metrics_port: int | None = None
+    metrics_key: str | None = None   # when set, GET /metrics needs "Authorization: Bearer <metrics_key>"
+    metrics_cache_s: float = 15.0    # the database gauges of /metrics are read at most this often
 
     @property
     def effective_database_url(self) -> str:

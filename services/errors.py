@@ -148,3 +148,13 @@ def parse_params(model: type[M], data: Any, what: str) -> M:
     except ValidationError as exc:
         codes = sorted({e["type"] for e in exc.errors()} & PARAM_CODES)
         raise BadParams(f"{what}: {validation_message(exc, model)}", codes[0] if codes else None) from None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is an outage (the database or the queue) rather than a fault of the work itself:
+    worth retrying later, never a reason to fail an image."""
+    import sqlalchemy.exc as sa
+
+    if isinstance(exc, (QueueUnavailable, sa.OperationalError, sa.InterfaceError, sa.TimeoutError)):
+        return True
+    return isinstance(exc, sa.DBAPIError) and bool(exc.connection_invalidated)

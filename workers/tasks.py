@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import Task
 from celery.signals import worker_ready
 from celery_batches import Batches
 
 from semtag.settings import get_settings
+from services.errors import is_transient
 from services.images import pipeline
 from services.jobs import service as jobs
 from services.runtime import TASK_CLASSIFY, TASK_READ_SCALE, TASK_RECONCILE, TASK_RUN_JOB
@@ -18,19 +20,23 @@ from workers.context import get_runtime
 log = logging.getLogger(__name__)
 
 
-def _image_step(step, image_id: int, label: str) -> str:  # noqa: ANN001
+@app.task(name=TASK_READ_SCALE, bind=True, max_retries=5)
+def read_scale(self: Task, image_id: int) -> str:
+    """Read the image's scale. An outage (database, queue) is retried with backoff (1, 2, 4… s) and then
+    left to the reconciler; only a fault of the image itself fails it."""
     rt = get_runtime()
     try:
-        return step(rt, image_id)
+        return pipeline.read_scale(rt, image_id)
     except Exception as exc:
-        log.exception("%s failed for image %s", label, image_id)
-        pipeline.fail_image(rt, image_id, f"{label} failed: {type(exc).__name__}: {exc}")
+        if is_transient(exc):
+            if self.request.retries < (self.max_retries or 0):
+                log.warning("scale reading of image %s hit an outage (%s); retrying", image_id, type(exc).__name__)
+                raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
+            log.error("scale reading of image %s: outage outlasted the retries; left for the reconciler", image_id)
+            return "deferred"
+        log.exception("scale reading failed for image %s", image_id)
+        pipeline.fail_image(rt, image_id, f"scale reading failed: {type(exc).__name__}: {exc}")
         return "failed"
-
-
-@app.task(name=TASK_READ_SCALE)
-def read_scale(image_id: int) -> str:
-    return _image_step(pipeline.read_scale, image_id, "scale reading")
 
 
 _settings = get_settings()

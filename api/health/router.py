@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hmac
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
 from api.dependencies import RuntimeDep
+from api.errors import documented
+from services.errors import Unauthorized
 
 router = APIRouter(tags=["health"])
 
@@ -56,7 +60,15 @@ def readyz(rt: RuntimeDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse, response_model=None,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
-def metrics() -> PlainTextResponse:
-    """Prometheus metrics: requests, queue depth, task durations, images by status."""
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
+                       **documented(401)})
+def metrics(rt: RuntimeDep, request: Request) -> PlainTextResponse:
+    """Prometheus metrics: requests, queue depth, task durations, images by status. Open, unless
+    SEMTAG_METRICS_KEY is set: then it needs that key as a bearer token."""
+    key = rt.settings.metrics_key
+    if key:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise Unauthorized("GET /metrics needs the metrics key: 'Authorization: Bearer <SEMTAG_METRICS_KEY>'",
+                               headers={"WWW-Authenticate": "Bearer"})
     return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -85,14 +85,20 @@ def check_url_allowed(url: str, allowlist: list[str]) -> None:
 
 
 def fetch_into(url: str, writer: BlobWriter, allowlist: list[str], timeout_s: float) -> None:
-    """Stream the URL's body into the writer (no redirects: a redirect could leave the allow-list)."""
+    """Stream the URL's body into the writer (no redirects: a redirect could leave the allow-list).
+
+    ``timeout_s`` bounds the whole download, not each read: a server that trickles a byte every few
+    seconds is cut off at the deadline (give or take one read, at most 5 s)."""
     check_url_allowed(url, allowlist)
+    deadline = time.monotonic() + timeout_s
     try:
-        with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=False) as resp:
+        with httpx.stream("GET", url, timeout=min(timeout_s, 5.0), follow_redirects=False) as resp:
             if resp.status_code != 200:
                 raise BadInput(f"fetching the url returned HTTP {resp.status_code}", "fetch_failed")
-            for chunk in resp.iter_bytes(1024 * 1024):
+            for chunk in resp.iter_bytes():  # as it arrives: a fixed chunk size would wait for a trickle to fill it
                 writer.write(chunk)
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("the download took longer than the fetch timeout")
     except BlobTooLarge:
         raise
     except httpx.HTTPError as exc:

@@ -60,3 +60,43 @@ def test_known_bytes_under_another_record_are_reported_truthfully(wh: Client) ->
     assert again["id"] == first["id"] and again["duplicate"] is True
     assert again["record_id"] == "rec-A" and again["record_id_kept"] is False
     assert wh.get(f"/v1/images/{first['id']}").json()["record_id"] == "rec-A"
+
+
+def test_fetch_timeout_bounds_the_whole_download(tmp_path) -> None:
+    """A file host that sends one byte every 0.2 s never trips a per-read timeout; the deadline stops it."""
+    import threading
+
+    from semtag.settings import Settings
+    from tests.access.conftest import SECRET
+
+    stop = threading.Event()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def trickle() -> None:
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        while not stop.is_set():
+            try:
+                conn.sendall(b"x")
+            except OSError:
+                break
+            time.sleep(0.2)
+        conn.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    c = Client(Settings(data_dir=tmp_path / "var", webhook_secret=SECRET, webhook_url_allowlist=["127.0.0.1"],
+                        webhook_fetch_timeout_s=1.5))
+    try:
+        t0 = time.monotonic()
+        r = post(c, json.dumps({"record_id": "r", "url": f"http://127.0.0.1:{srv.getsockname()[1]}/slow.tif"}).encode())
+        elapsed = time.monotonic() - t0
+        assert r.status_code == 422 and _code(r) == "fetch_failed"
+        assert elapsed < 5, elapsed  # 1.5 s deadline plus at most one read, not the trickle's 5.5 hours
+        assert list((c.settings.blob_dir / "tmp").iterdir()) == []
+    finally:
+        stop.set()
+        srv.close()
+        c.close()
