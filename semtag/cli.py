@@ -414,7 +414,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     from services.images.pipeline import activate_model
 
     done = activate_model(build_runtime(s, run_tasks=False), args.target, args.reclassify)
-    print(f"active model: {done.model.version}; {done.queued_images} waiting image(s) queued for classification")
+    if s.embedded_tasks:  # this process runs no tasks: say honestly who classifies them, and when
+        print(f"active model: {done.model.version}; {done.queued_images} image(s) marked for classification. "
+              f"Embedded mode: the running `semtag serve` classifies them when its reconciler next finds them "
+              f"(within about {s.reconcile_after_s + s.reconcile_every_s} s); activating through the API "
+              "(POST /v1/admin/models/VERSION/activate) starts them at once")
+    else:
+        print(f"active model: {done.model.version}; {done.queued_images} waiting image(s) queued for classification")
     return 0
 
 

@@ -22,7 +22,7 @@ def test_an_outage_is_retried_and_the_image_read(sqlite_client: Client, monkeypa
     iid = _pending_image(sqlite_client)
     real, calls = pipeline.read_scale, []
 
-    def flaky(rt, image_id):  # noqa: ANN001, ANN202
+    def flaky(rt, image_id):
         calls.append(image_id)
         if len(calls) <= 2:
             raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
@@ -39,7 +39,7 @@ def test_an_outage_is_retried_and_the_image_read(sqlite_client: Client, monkeypa
 def test_a_long_outage_leaves_the_image_pending(sqlite_client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     iid = _pending_image(sqlite_client)
 
-    def down(rt, image_id):  # noqa: ANN001, ANN202
+    def down(rt, image_id):
         raise OperationalError("SELECT 1", {}, Exception("could not connect to server"))
 
     monkeypatch.setattr(pipeline, "read_scale", down)

@@ -57,3 +57,12 @@ def test_printed_urls_hide_passwords() -> None:
     assert _hide_password("postgresql+psycopg://semtag:s3cret@db:5432/semtag") == \
         "postgresql+psycopg://semtag:***@db:5432/semtag"
     assert _hide_password("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_activate_in_embedded_mode_says_who_classifies(cli_env: Path, alexnet_onnx: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    assert main(["models", "import", str(alexnet_onnx)]) == 0
+    version = capsys.readouterr().out.split("registered ", 1)[1].split(" ", 1)[0]
+    assert main(["models", "activate", version]) == 0
+    out = capsys.readouterr().out
+    assert f"active model: {version}" in out and "Embedded mode" in out and "queued for classification" not in out
