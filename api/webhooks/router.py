@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from typing import IO
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -11,7 +13,7 @@ from pydantic import ValidationError
 from api.dependencies import RuntimeDep
 from api.errors import documented
 from api.webhooks.schemas import IngestAccepted, IngestPayload
-from services.access.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, decode_base64_into, fetch_into, verify_signature
+from services.access.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignedBody, decode_base64_into, fetch_into
 from services.errors import BadInput, PayloadTooLarge
 from services.images.ingest import ingest_file
 from services.runtime import Runtime
@@ -20,13 +22,27 @@ from services.storage import BlobWriter
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"webhook body exceeds {limit} bytes")
-    return bytes(body)
+async def _read_signed_body(request: Request, check: SignedBody, limit: int) -> IO[bytes]:
+    """The body, spooled to disk past 1 MiB and fed to the HMAC as it arrives; verified before anything
+    reads it, so an unauthenticated request costs at most that much memory."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"webhook body exceeds {limit} bytes")
+    body = tempfile.SpooledTemporaryFile(max_size=1 << 20)
+    try:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"webhook body exceeds {limit} bytes")
+            check.update(chunk)
+            body.write(chunk)
+        check.verify()
+    except BaseException:
+        body.close()
+        raise
+    body.seek(0)
+    return body
 
 
 def _ingest(rt: Runtime, payload: IngestPayload) -> IngestAccepted:
@@ -60,12 +76,13 @@ def _ingest(rt: Runtime, payload: IngestPayload) -> IngestAccepted:
 async def ingest_webhook(request: Request, rt: RuntimeDep) -> IngestAccepted:
     """The repository's ingest webhook, HMAC-signed (`X-Semtag-Timestamp`, `X-Semtag-Signature`)."""
     s = rt.settings
+    check = SignedBody(s.webhook_secret, request.headers.get(TIMESTAMP_HEADER), request.headers.get(SIGNATURE_HEADER),
+                       s.webhook_max_skew_s)  # the headers first: a stale or unsigned request reads no body
     # base64 inflates by 4/3; leave room for the JSON around it
-    body = await _read_body(request, s.max_upload_bytes * 4 // 3 + 64 * 1024)
-    verify_signature(s.webhook_secret, request.headers.get(TIMESTAMP_HEADER),
-                     request.headers.get(SIGNATURE_HEADER), body, s.webhook_max_skew_s)
+    body = await _read_signed_body(request, check, s.max_upload_bytes * 4 // 3 + 64 * 1024)
     try:
-        data = json.loads(body)
+        with body:
+            data = await run_in_threadpool(json.load, body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInput(f"request body is not valid JSON: {exc}", "malformed_json") from None
     except RecursionError:

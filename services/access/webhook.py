@@ -33,24 +33,35 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def verify_signature(secret: str | None, timestamp: str | None, signature: str | None, body: bytes,
-                     max_skew_s: int, now: float | None = None) -> None:
-    if not secret:
-        raise WebhookDisabled("the ingest webhook is disabled: SEMTAG_WEBHOOK_SECRET is not set")
-    if not timestamp or not signature:
-        raise Unauthorized(f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header", "missing_signature")
-    if not re.fullmatch(r"\d{1,12}", timestamp.strip()):
-        raise Unauthorized(f"{TIMESTAMP_HEADER} must be Unix seconds", "bad_timestamp")
-    ts = int(timestamp)
-    now = time.time() if now is None else now
-    if abs(now - ts) > max_skew_s:
-        raise Unauthorized(
-            f"signature timestamp is {int(now - ts)} s from now; allowed ±{max_skew_s} s (replay protection)",
-            "stale_signature",
-        )
-    given = signature.strip().encode("utf-8", "surrogateescape")  # a header may carry any byte
-    if not hmac.compare_digest(sign(secret, timestamp.strip(), body).encode(), given):
-        raise Unauthorized("signature does not match the body", "bad_signature")
+class SignedBody:
+    """Checks a webhook request in two steps, so that nothing unauthenticated is held in memory:
+    the headers before the body is read (:meth:`start`), then the HMAC, fed chunk by chunk as the
+    body streams to disk (:meth:`update`, :meth:`verify`)."""
+
+    def __init__(self, secret: str | None, timestamp: str | None, signature: str | None, max_skew_s: int,
+                 now: float | None = None) -> None:
+        if not secret:
+            raise WebhookDisabled("the ingest webhook is disabled: SEMTAG_WEBHOOK_SECRET is not set")
+        if not timestamp or not signature:
+            raise Unauthorized(f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header", "missing_signature")
+        if not re.fullmatch(r"\d{1,12}", timestamp.strip()):
+            raise Unauthorized(f"{TIMESTAMP_HEADER} must be Unix seconds", "bad_timestamp")
+        ts = int(timestamp)
+        now = time.time() if now is None else now
+        if abs(now - ts) > max_skew_s:
+            raise Unauthorized(
+                f"signature timestamp is {int(now - ts)} s from now; allowed ±{max_skew_s} s (replay protection)",
+                "stale_signature",
+            )
+        self._given = signature.strip().encode("utf-8", "surrogateescape")  # a header may carry any byte
+        self._mac = hmac.new(secret.encode(), timestamp.strip().encode() + b".", hashlib.sha256)
+
+    def update(self, chunk: bytes) -> None:
+        self._mac.update(chunk)
+
+    def verify(self) -> None:
+        if not hmac.compare_digest(("sha256=" + self._mac.hexdigest()).encode(), self._given):
+            raise Unauthorized("signature does not match the body", "bad_signature")
 
 
 def decode_base64_into(data: str, writer: BlobWriter, chunk_chars: int = 4 * 1024 * 1024) -> None:

@@ -100,3 +100,18 @@ def test_fetch_timeout_bounds_the_whole_download(tmp_path) -> None:
         stop.set()
         srv.close()
         c.close()
+
+
+def test_headers_are_checked_before_the_body_is_read(wh: Client) -> None:
+    """A stale or unsigned request is refused on its headers alone; a signed one streams through the HMAC."""
+    stale = str(int(time.time()) - 3600)
+    r = wh.http.post("/v1/webhooks/ingest", content=b"x" * 1000, headers={
+        "content-type": "application/json", "X-Semtag-Timestamp": stale, "X-Semtag-Signature": "sha256=00",
+        "content-length": str(10**12)})
+    assert r.status_code == 401 and _code(r) == "stale_signature"  # not 413: the body was never looked at
+    big = json.dumps({"record_id": "big", "filename": "b.png",
+                      "content_base64": base64.b64encode(imagegen.png(h=1200, w=1600, seed=8)).decode()}).encode()
+    assert len(big) > 1 << 20  # spooled to disk, not held in memory, while the HMAC is computed
+    assert post(wh, big, signature="sha256=" + "0" * 64).status_code == 401
+    ok = post(wh, big)
+    assert ok.status_code == 202, ok.text
