@@ -225,3 +225,16 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDelivery(Base):
+    """A signed ingest-webhook request already answered: a replay inside the signature window gets the
+    first reply instead of being processed again (keyed by the SHA-256 of its signature)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    signature_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    status_code: Mapped[int | None] = mapped_column(Integer)   # null while the first request is processed
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

@@ -8,13 +8,24 @@ from typing import IO
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from api.dependencies import RuntimeDep
-from api.errors import documented
+from api.errors import documented, error_body
 from api.webhooks.schemas import IngestAccepted, IngestPayload
-from services.access.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignedBody, decode_base64_into, fetch_into
-from services.errors import BadInput, PayloadTooLarge
+from services.access.webhook import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    SignedBody,
+    claim_delivery,
+    decode_base64_into,
+    delivery_key,
+    fetch_into,
+    record_reply,
+    release_delivery,
+)
+from services.errors import BadInput, PayloadTooLarge, SemtagError
 from services.images.ingest import ingest_file
 from services.runtime import Runtime
 from services.storage import BlobWriter
@@ -70,10 +81,10 @@ def _ingest(rt: Runtime, payload: IngestPayload) -> IngestAccepted:
 
 
 @router.post("/ingest", status_code=202, response_model=IngestAccepted,
-             responses=documented(401, 413, 415, 422, 503),
+             responses=documented(401, 409, 413, 415, 422, 503),
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": IngestPayload.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
-async def ingest_webhook(request: Request, rt: RuntimeDep) -> IngestAccepted:
+async def ingest_webhook(request: Request, rt: RuntimeDep) -> IngestAccepted | JSONResponse:
     """The repository's ingest webhook, HMAC-signed (`X-Semtag-Timestamp`, `X-Semtag-Signature`)."""
     s = rt.settings
     check = SignedBody(s.webhook_secret, request.headers.get(TIMESTAMP_HEADER), request.headers.get(SIGNATURE_HEADER),
@@ -92,4 +103,20 @@ async def ingest_webhook(request: Request, rt: RuntimeDep) -> IngestAccepted:
     except ValidationError as exc:
         msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
         raise BadInput(msg, "invalid_request") from None
-    return await run_in_threadpool(_ingest, rt, payload)
+    key = delivery_key(request.headers.get(SIGNATURE_HEADER, ""))
+    first = await run_in_threadpool(claim_delivery, rt, key, s.webhook_max_skew_s)
+    if first is not None:  # a replay inside the window: the first reply, nothing processed again
+        return JSONResponse(first[1], status_code=first[0], headers={"X-Semtag-Replay": "true"})
+    try:
+        accepted = await run_in_threadpool(_ingest, rt, payload)
+    except SemtagError as exc:
+        if exc.status >= 500:
+            await run_in_threadpool(release_delivery, rt, key)
+        else:
+            await run_in_threadpool(record_reply, rt, key, exc.status, error_body(exc.code, exc.message))
+        raise
+    except BaseException:
+        await run_in_threadpool(release_delivery, rt, key)
+        raise
+    await run_in_threadpool(record_reply, rt, key, 202, accepted.model_dump(mode="json"))
+    return accepted

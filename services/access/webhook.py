@@ -9,12 +9,18 @@ import hmac
 import logging
 import re
 import time
+from datetime import timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
-from services.errors import BadInput, Unauthorized, Unavailable
+from services.errors import BadInput, Conflict, Unauthorized, Unavailable
+from services.runtime import Runtime
 from services.storage import BlobTooLarge, BlobWriter
+from services.tables import WebhookDelivery, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,47 @@ class SignedBody:
     def verify(self) -> None:
         if not hmac.compare_digest(("sha256=" + self._mac.hexdigest()).encode(), self._given):
             raise Unauthorized("signature does not match the body", "bad_signature")
+
+
+class ReplayInProgress(Conflict):
+    code = "replay_in_progress"
+
+
+def delivery_key(signature: str) -> str:
+    """What identifies a delivery: its signature (unique per secret, timestamp and body)."""
+    return hashlib.sha256(signature.strip().encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def claim_delivery(rt: Runtime, key: str, window_s: int) -> tuple[int, dict[str, Any]] | None:
+    """None when this signed request is new (it is now claimed); for a replay inside the window, the
+    status and body of the first reply. A replay of a request still being processed is a 409."""
+    with rt.session() as s:  # deliveries older than the window can no longer be replayed: forget them
+        s.execute(delete(WebhookDelivery).where(
+            WebhookDelivery.received_at < utcnow() - timedelta(seconds=2 * window_s)))
+    try:
+        with rt.session() as s:
+            s.add(WebhookDelivery(signature_sha256=key, received_at=utcnow()))
+        return None
+    except IntegrityError:
+        pass
+    with rt.session() as s:
+        row = s.scalar(select(WebhookDelivery).where(WebhookDelivery.signature_sha256 == key))
+        if row is None or row.status_code is None or row.response is None:
+            raise ReplayInProgress("this signed request is already being processed; its reply comes with the first")
+        return row.status_code, row.response
+
+
+def record_reply(rt: Runtime, key: str, status_code: int, body: dict[str, Any]) -> None:
+    """Keep the reply a replay will get."""
+    with rt.session() as s:
+        s.execute(update(WebhookDelivery).where(WebhookDelivery.signature_sha256 == key)
+                  .values(status_code=status_code, response=body))
+
+
+def release_delivery(rt: Runtime, key: str) -> None:
+    """Forget a claim whose processing hit an outage, so that the repository's retry is processed anew."""
+    with rt.session() as s:
+        s.execute(delete(WebhookDelivery).where(WebhookDelivery.signature_sha256 == key))
 
 
 def decode_base64_into(data: str, writer: BlobWriter, chunk_chars: int = 4 * 1024 * 1024) -> None:
