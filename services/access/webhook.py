@@ -6,12 +6,15 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import logging
 import re
+import socket
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import delete, select, update
@@ -125,7 +128,65 @@ def decode_base64_into(data: str, writer: BlobWriter, chunk_chars: int = 4 * 102
         raise BadInput(f"content_base64 is not valid base64: {exc}", "bad_base64") from None
 
 
-def check_url_allowed(url: str, allowlist: list[str]) -> None:
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class AllowEntry:
+    """One SEMTAG_WEBHOOK_URL_ALLOWLIST entry: ``[scheme://]host[:port|:*][=address]``. Without a scheme
+    both http and https match; without a port only the scheme's default port; ``:*`` any port.
+    ``=address`` pins the host to that address: it is connected to without a DNS lookup, and may be
+    private (a file server on the facility's network)."""
+
+    scheme: str | None
+    host: str
+    port: int | None  # None: the default port; -1: any
+    address: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AllowEntry:
+        text, _, pin = text.partition("=")
+        address = str(ipaddress.ip_address(pin.strip().strip("[]"))) if pin else None
+        raw = text.strip().lower().rstrip("/")
+        any_port = raw.endswith(":*")
+        parts = urlsplit((raw[:-2] if any_port else raw) if "://" in raw else "//" + (raw[:-2] if any_port else raw))
+        if not parts.hostname or (parts.scheme and parts.scheme not in DEFAULT_PORTS):
+            raise ValueError(f"not an allow-list entry: {text!r}")
+        return cls(parts.scheme or None, parts.hostname, -1 if any_port else parts.port, address)
+
+    def matches(self, scheme: str, host: str, port: int) -> bool:
+        if self.scheme not in (None, scheme) or self.host != host:
+            return False
+        return self.port == -1 or port == (self.port if self.port is not None else DEFAULT_PORTS[scheme])
+
+    @property
+    def names_an_address(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+            return True
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class FetchTarget:
+    """Where to connect (the address that was checked, never resolved again) and what to say."""
+
+    url: str          # the URL with the checked address in place of the host name
+    host: str         # Host header and TLS server name
+    address: str
+
+
+def _is_internal(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or \
+        ip.is_unspecified
+
+
+def check_url_allowed(url: str, allowlist: list[str]) -> FetchTarget:
+    """The address to fetch ``url`` from, once its scheme, host and port match an allow-list entry and its
+    host resolves to an address that may be reached: a private, loopback or link-local address only when
+    the matching entry names that address itself (e.g. ``10.1.2.3:8443``)."""
     if not url.isascii() or any(c.isspace() or ord(c) < 32 for c in url):
         raise BadInput("url must be an absolute http(s) URL without spaces or control characters", "bad_url")
     try:
@@ -133,13 +194,33 @@ def check_url_allowed(url: str, allowlist: list[str]) -> None:
         port = parts.port  # raises ValueError for 'host:1:2', a non-numeric or out-of-range port
     except ValueError:
         raise BadInput("url is not a valid http(s) URL (host or port cannot be parsed)", "bad_url") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadInput("url must be an absolute http(s) URL", "bad_url")
-    host = parts.hostname.lower()
-    hostport = f"{host}:{port}" if port else host
-    allowed = {h.lower() for h in allowlist}
-    if host not in allowed and hostport not in allowed:
-        raise BadInput(f"host {host!r} is not on the webhook URL allow-list", "url_not_allowed")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise BadInput("url must be an absolute http(s) URL without credentials", "bad_url")
+    scheme, host = parts.scheme, parts.hostname.lower()
+    port = port or DEFAULT_PORTS[scheme]
+    entries = []
+    for text in allowlist:
+        try:
+            entries.append(AllowEntry.parse(text))
+        except ValueError:
+            log.warning("ignoring malformed SEMTAG_WEBHOOK_URL_ALLOWLIST entry %r", text)
+    entry = next((e for e in entries if e.matches(scheme, host, port)), None)
+    if entry is None:
+        raise BadInput(f"{scheme}://{host}:{port} is not on the webhook URL allow-list", "url_not_allowed")
+    if entry.address is not None:
+        address = entry.address
+    else:
+        try:
+            address = str(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
+        except (OSError, UnicodeError):
+            raise BadInput("the file could not be fetched from the url", "fetch_failed") from None
+    if entry.address is None and _is_internal(address) and not (
+            entry.names_an_address and ipaddress.ip_address(entry.host) == ipaddress.ip_address(address)):
+        raise BadInput(f"{host} resolves to an internal address; allow it explicitly with an entry such as "
+                       f"'{host}:{port}=ADDRESS'", "url_not_allowed")
+    netloc = f"[{address}]" if ":" in address else address
+    target = urlunsplit((scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
+    return FetchTarget(target, host if parts.port is None else f"{host}:{port}", address)
 
 
 def fetch_into(url: str, writer: BlobWriter, allowlist: list[str], timeout_s: float) -> None:
@@ -147,10 +228,14 @@ def fetch_into(url: str, writer: BlobWriter, allowlist: list[str], timeout_s: fl
 
     ``timeout_s`` bounds the whole download, not each read: a server that trickles a byte every few
     seconds is cut off at the deadline (give or take one read, at most 5 s)."""
-    check_url_allowed(url, allowlist)
+    target = check_url_allowed(url, allowlist)
     deadline = time.monotonic() + timeout_s
+    host = target.host.rsplit(":", 1)[0] if not target.host.startswith("[") else target.host
     try:
-        with httpx.stream("GET", url, timeout=min(timeout_s, 5.0), follow_redirects=False) as resp:
+        # Connect to the address that was checked (no second DNS lookup to rebind); name the host for
+        # HTTP (Host) and TLS (server name and certificate check).
+        with httpx.Client(timeout=min(timeout_s, 5.0), follow_redirects=False) as client, client.stream(
+                "GET", target.url, headers={"Host": target.host}, extensions={"sni_hostname": host}) as resp:
             if resp.status_code != 200:
                 raise BadInput(f"fetching the url returned HTTP {resp.status_code}", "fetch_failed")
             for chunk in resp.iter_bytes():  # as it arrives: a fixed chunk size would wait for a trickle to fill it

@@ -15,6 +15,6 @@ SECRET = "s3cret-shared-with-the-repository"
 
 @pytest.fixture
 def wh(tmp_path: Path) -> Iterator[Client]:
-    c = Client(Settings(data_dir=tmp_path / "var", webhook_secret=SECRET, webhook_url_allowlist=["127.0.0.1"]))
+    c = Client(Settings(data_dir=tmp_path / "var", webhook_secret=SECRET, webhook_url_allowlist=["127.0.0.1:*"]))
     yield c
     c.close()

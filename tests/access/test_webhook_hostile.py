@@ -87,7 +87,7 @@ def test_fetch_timeout_bounds_the_whole_download(tmp_path) -> None:
         conn.close()
 
     threading.Thread(target=trickle, daemon=True).start()
-    c = Client(Settings(data_dir=tmp_path / "var", webhook_secret=SECRET, webhook_url_allowlist=["127.0.0.1"],
+    c = Client(Settings(data_dir=tmp_path / "var", webhook_secret=SECRET, webhook_url_allowlist=["127.0.0.1:*"],
                         webhook_fetch_timeout_s=1.5))
     try:
         t0 = time.monotonic()

@@ -20,7 +20,7 @@ from services.access import auth
 from services.runtime import NullQueue
 
 _DIR = Path(tempfile.mkdtemp(prefix="semtag-fuzz-"))
-_SETTINGS = Settings(data_dir=_DIR / "var", webhook_secret="fuzz", webhook_url_allowlist=["127.0.0.1"])
+_SETTINGS = Settings(data_dir=_DIR / "var", webhook_secret="fuzz", webhook_url_allowlist=["127.0.0.1:*"])
 migrate.upgrade(_SETTINGS.effective_database_url)
 APP = create_app(_SETTINGS, auto_migrate=False)
 APP.state.runtime.queue = NullQueue()  # record work, run none: a fuzzed selftest may ask for 1000 × 10 s

@@ -1,0 +1,83 @@
+"""The webhook's URL allow-list matches scheme, host and port, refuses internal addresses unless an entry
+names them, and the fetch connects to the address that was checked."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from semtag.settings import Settings
+from services.access.webhook import AllowEntry, check_url_allowed
+from services.errors import BadInput
+from tests import imagegen
+from tests.access.conftest import SECRET
+from tests.access.test_webhook import post
+from tests.conftest import Client
+
+
+@pytest.mark.parametrize("entries,url,allowed", [
+    (["localhost"], "http://localhost:8080/x", False),               # no port in the entry: the default only
+    (["files.example.org"], "https://files.example.org/x", True),
+    (["files.example.org"], "https://files.example.org:8443/x", False),
+    (["https://files.example.org"], "http://files.example.org/x", False),  # the scheme must match too
+    (["files.example.org:8443"], "https://files.example.org:8443/x", True),
+    (["files.example.org:*"], "http://files.example.org:1234/x", True),
+    (["other.example.org"], "https://files.example.org/x", False),
+])
+def test_entries_match_scheme_host_and_port(entries: list[str], url: str, allowed: bool,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: [(2, 1, 6, "", ("93.184.215.14", 0))])
+    if allowed:
+        assert check_url_allowed(url, entries).address == "93.184.215.14"
+    else:
+        with pytest.raises(BadInput) as e:
+            check_url_allowed(url, entries)
+        assert e.value.code == "url_not_allowed"
+
+
+@pytest.mark.parametrize("resolved", ["127.0.0.1", "10.1.2.3", "169.254.169.254", "::1", "192.168.0.7"])
+def test_internal_addresses_need_an_explicit_entry(resolved: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: [(2, 1, 6, "", (resolved, 0))])
+    with pytest.raises(BadInput) as e:
+        check_url_allowed("https://files.example.org/x", ["files.example.org"])
+    assert e.value.code == "url_not_allowed" and "internal" in e.value.message
+    pinned = check_url_allowed("https://files.example.org/x", [f"files.example.org={resolved}"])
+    assert pinned.address == resolved and pinned.host == "files.example.org"
+
+
+def test_entry_syntax() -> None:
+    assert AllowEntry.parse("HTTPS://Files.Example.org:8443/") == AllowEntry("https", "files.example.org", 8443)
+    assert AllowEntry.parse("lab-files:*=10.0.0.9") == AllowEntry(None, "lab-files", -1, "10.0.0.9")
+
+
+def test_the_fetch_connects_to_the_checked_address_without_a_second_lookup(tmp_path: Path) -> None:
+    """'files.invalid' resolves nowhere: the file still arrives, from the pinned address, with its Host name."""
+    payload, seen = imagegen.tiff(seed=47), []
+
+    class Files(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers["Host"])
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    c = Client(Settings(data_dir=tmp_path / "var", webhook_secret=SECRET,
+                        webhook_url_allowlist=[f"http://files.invalid:{port}=127.0.0.1"]))
+    try:
+        r = post(c, json.dumps({"record_id": "r", "url": f"http://files.invalid:{port}/a.tif"}).encode())
+        assert r.status_code == 202, r.text
+        assert seen == [f"files.invalid:{port}"]
+    finally:
+        srv.shutdown()
+        c.close()
