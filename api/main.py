@@ -32,6 +32,7 @@ from semtag.bootstrap import build_runtime
 from semtag.settings import Settings, get_settings
 from services import migrate
 from services.images import pipeline
+from services.jobs import service as jobs
 from services.runtime import Runtime
 from workers.context import set_runtime
 from workers.queues import InlineQueue
@@ -54,6 +55,7 @@ def _embedded_reconciler(rt: Runtime, stop: threading.Event) -> None:
     while not stop.wait(rt.settings.reconcile_every_s):
         try:
             pipeline.reconcile(rt)
+            jobs.reconcile_jobs(rt)
         except Exception:  # logged; the next round tries again
             log.exception("reconciler failed")
 
@@ -118,6 +120,7 @@ def create_app(settings: Settings | None = None, auto_migrate: bool = True) -> F
             # database down, at the reconciler's first round after it is back; the API answers 503 meanwhile).
             try:
                 pipeline.reconcile(runtime, older_than_s=0)
+                jobs.reconcile_jobs(runtime, older_than_s=0)
             except SQLAlchemyError:
                 log.exception("start-up reconciliation failed; the periodic reconciler will retry")
             threading.Thread(target=_embedded_reconciler, args=(runtime, stop), daemon=True).start()

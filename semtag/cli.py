@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=1, help="number of server processes")
 
     sp = _add(sub, "worker", "run a Celery worker (needs SEMTAG_BROKER_URL, e.g. a Redis URL)", cmd_worker)
-    sp.add_argument("--queues", default="inference,ocr,batch",
+    sp.add_argument("--queues", default="inference,ocr,batch,maintenance",
                     help="comma-separated queues to consume, from inference, ocr, batch")
     sp.add_argument("--concurrency", type=int, default=max(1, os.cpu_count() or 1),
                     help="worker processes or threads (one per CPU)")

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     inference_warmup: bool = True           # run each batch size once when a model is loaded
     reconcile_after_s: int = 600  # re-enqueue images pending/processing for longer than this
     reconcile_every_s: int = 60
+    job_lease_s: int = 120  # a running job's lease, renewed every third of it while the job runs
     broker_visibility_timeout_s: int = 3600  # redelivery delay of tasks whose worker died
     worker_metrics_port: int | None = None
     metrics_key: str | None = None   # when set, GET /metrics needs "Authorization: Bearer <metrics_key>"

@@ -35,7 +35,9 @@ TASK_READ_SCALE = "semtag.read_scale"
 TASK_CLASSIFY = "semtag.classify"
 TASK_RUN_JOB = "semtag.run_job"
 TASK_RECONCILE = "semtag.reconcile"
-TASK_QUEUES = {TASK_READ_SCALE: "ocr", TASK_CLASSIFY: "inference", TASK_RUN_JOB: "batch", TASK_RECONCILE: "batch"}
+# The reconciler has a queue of its own: a long training run on the batch queue must not stall it.
+TASK_QUEUES = {TASK_READ_SCALE: "ocr", TASK_CLASSIFY: "inference", TASK_RUN_JOB: "batch",
+               TASK_RECONCILE: "maintenance"}
 
 
 @dataclass

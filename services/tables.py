@@ -213,6 +213,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A running job's lease, renewed by its worker's heartbeat: a redelivered copy of the task finds it
+    # held and leaves the job alone; once it lapses (the worker died) the job may be run again.
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKey(Base):

@@ -12,7 +12,7 @@ from kombu import Queue
 from semtag.settings import get_settings
 from services.runtime import TASK_QUEUES, TASK_RECONCILE
 
-QUEUES = ("inference", "ocr", "batch")
+QUEUES = ("inference", "ocr", "batch", "maintenance")
 
 
 def make_app() -> Celery:

@@ -53,9 +53,11 @@ class CeleryQueue:
         """Messages waiting per queue (Redis list lengths)."""
         import redis
 
+        from workers.app import QUEUES
+
         client = redis.Redis.from_url(self.app.conf.broker_url, socket_timeout=2)
         try:
-            return {q: int(client.llen(q)) for q in ("inference", "ocr", "batch")}
+            return {q: int(client.llen(q)) for q in QUEUES}
         finally:
             client.close()
 

@@ -74,11 +74,18 @@ def _warm_inference(sender=None, **_kw: Any) -> None:  # noqa: ANN001
         log.exception("could not warm up the inference engine; the first batch will load it")
 
 
-@app.task(name=TASK_RUN_JOB)
-def run_job(job_id: int) -> str:
-    return jobs.run_job(get_runtime(), job_id)
+@app.task(name=TASK_RUN_JOB, bind=True, max_retries=None)
+def run_job(self: Task, job_id: int) -> str:
+    """Run the job. If another worker holds its lease, look again once the lease could have lapsed:
+    then the job is either finished (nothing to do) or its worker died (this delivery takes it over)."""
+    rt = get_runtime()
+    status = jobs.run_job(rt, job_id)
+    if status == "running" and not self.request.is_eager:
+        raise self.retry(countdown=rt.settings.job_lease_s + 1)
+    return status
 
 
 @app.task(name=TASK_RECONCILE)
 def reconcile() -> int:
-    return pipeline.reconcile(get_runtime())
+    rt = get_runtime()
+    return pipeline.reconcile(rt) + jobs.reconcile_jobs(rt)

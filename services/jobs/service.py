@@ -13,13 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select, text
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from services.errors import (
@@ -173,19 +175,51 @@ def cancel_job(rt: Runtime, job_id: int) -> Job:
         return job
 
 
-def run_job(rt: Runtime, job_id: int) -> str:
+def _claim(rt: Runtime, job_id: int) -> tuple[str, dict[str, Any]] | str:
+    """Take the job to run it: a queued one, or a running one whose lease lapsed (its worker died).
+    Returns (kind, params), or the job's status when someone else holds it or it is finished."""
+    now = utcnow()
+    lease = timedelta(seconds=rt.settings.job_lease_s)
     with rt.session() as s:
+        claimable = or_(Job.status == JobStatus.queued.value,
+                        and_(Job.status == JobStatus.running.value,
+                             or_(Job.lease_until.is_(None), Job.lease_until < now)))
+        taken = s.execute(update(Job).where(Job.id == job_id, claimable).values(
+            status=JobStatus.running.value, attempts=Job.attempts + 1, started_at=now, error=None,
+            lease_until=now + lease))
         job = s.get(Job, job_id)
         if job is None:
             return "missing"
-        if job.status in FINAL:
+        if taken.rowcount != 1:  # type: ignore[attr-defined]
             return job.status
-        job.status = JobStatus.running.value
-        job.attempts += 1
-        job.started_at = utcnow()
-        job.error = None
-        kind, params = job.kind, dict(job.params)
+        return job.kind, dict(job.params)
+
+
+def _heartbeat(rt: Runtime, job_id: int, stop: threading.Event) -> None:
+    """Renew the lease every third of it while the job runs (long epochs report no progress)."""
+    every = max(1.0, rt.settings.job_lease_s / 3)
+    while not stop.wait(every):
+        try:
+            with rt.session() as s:
+                s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value)
+                          .values(lease_until=utcnow() + timedelta(seconds=rt.settings.job_lease_s)))
+        except Exception:
+            log.warning("job %s: heartbeat failed", job_id, exc_info=True)
+
+
+def run_job(rt: Runtime, job_id: int) -> str:
+    """Run the job once: a second delivery of the task while it runs (the broker's visibility timeout,
+    the reconciler) finds it leased and returns, leaving the running copy and its files alone."""
+    claim = _claim(rt, job_id)
+    if isinstance(claim, str):
+        if claim == JobStatus.running.value:
+            log.info("job %s is running elsewhere (its lease is held); this delivery leaves it", job_id)
+        return claim
+    kind, params = claim
     ctx = JobContext(rt, job_id, params)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(rt, job_id, stop), daemon=True, name=f"job-{job_id}-lease")
+    beat.start()
     try:
         if kind not in JOB_KINDS:
             raise UnknownJobKind(f"job kind {kind!r} is not available in this worker")
@@ -201,7 +235,28 @@ def run_job(rt: Runtime, job_id: int) -> str:
             log.exception("job %s (%s) failed", job_id, kind)
             error = f"internal error: {type(exc).__name__}: {exc} (the traceback is in the worker's log)"
         return _finish(rt, job_id, JobStatus.failed, error=error, result=None)
+    finally:
+        stop.set()
     return _finish(rt, job_id, JobStatus.succeeded, result=result, progress=1.0)
+
+
+def reconcile_jobs(rt: Runtime, older_than_s: float | None = None) -> int:
+    """Queue again the jobs nobody runs: queued longer than ``older_than_s`` (their message was lost,
+    e.g. with an in-process queue at a restart) or running with a lapsed lease (their worker died)."""
+    older = rt.settings.reconcile_after_s if older_than_s is None else older_than_s
+    now = utcnow()
+    with rt.session() as s:
+        ids = list(s.scalars(select(Job.id).where(or_(
+            and_(Job.status == JobStatus.queued.value, Job.created_at <= now - timedelta(seconds=older)),
+            and_(Job.status == JobStatus.running.value, Job.lease_until < now)))))
+    for job_id in ids:
+        try:
+            rt.queue.enqueue(TASK_RUN_JOB, job_id)
+        except QueueUnavailable:
+            log.warning("job %s stays for the next round: the queue is unavailable", job_id)
+    if ids:
+        log.info("reconciler re-enqueued %d jobs", len(ids))
+    return len(ids)
 
 
 def _finish(rt: Runtime, job_id: int, status: JobStatus, **fields: Any) -> str:
@@ -210,7 +265,7 @@ def _finish(rt: Runtime, job_id: int, status: JobStatus, **fields: Any) -> str:
         job = _row(s, job_id)
         if job.status == JobStatus.cancelled.value:
             return job.status
-        job.status, job.finished_at = status.value, utcnow()
+        job.status, job.finished_at, job.lease_until = status.value, utcnow(), None
         for name, value in fields.items():
             setattr(job, name, value)
     return status.value

@@ -3,17 +3,15 @@ names them, and the fetch connects to the address that was checked."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from semtag.settings import Settings
 from services.access.webhook import AllowEntry, check_url_allowed
 from services.errors import BadInput
-from tests import imagegen
 from tests.access.conftest import SECRET
 from tests.access.test_webhook import post
 from tests.conftest import Client
@@ -54,30 +52,15 @@ def test_entry_syntax() -> None:
     assert AllowEntry.parse("lab-files:*=10.0.0.9") == AllowEntry(None, "lab-files", -1, "10.0.0.9")
 
 
-def test_the_fetch_connects_to_the_checked_address_without_a_second_lookup(tmp_path: Path) -> None:
+def test_the_fetch_connects_to_the_checked_address_without_a_second_lookup(tmp_path: Path,
+                                                                           file_host: SimpleNamespace) -> None:
     """'files.invalid' resolves nowhere: the file still arrives, from the pinned address, with its Host name."""
-    payload, seen = imagegen.tiff(seed=47), []
-
-    class Files(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append(self.headers["Host"])
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    port = srv.server_address[1]
+    port = file_host.port
     c = Client(Settings(data_dir=tmp_path / "var", webhook_secret=SECRET,
                         webhook_url_allowlist=[f"http://files.invalid:{port}=127.0.0.1"]))
     try:
         r = post(c, json.dumps({"record_id": "r", "url": f"http://files.invalid:{port}/a.tif"}).encode())
         assert r.status_code == 202, r.text
-        assert seen == [f"files.invalid:{port}"]
+        assert file_host.hits == [("/a.tif", f"files.invalid:{port}")]
     finally:
-        srv.shutdown()
         c.close()

@@ -6,6 +6,7 @@ import base64
 import json
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -117,41 +118,19 @@ def test_headers_are_checked_before_the_body_is_read(wh: Client) -> None:
     assert ok.status_code == 202, ok.text
 
 
-def test_a_replay_inside_the_window_gets_the_first_reply(wh: Client) -> None:
-    import http.server
-    import threading
-
-    hits = []
-    payload = imagegen.tiff(seed=45)
-
-    class Files(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            hits.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        body = json.dumps({"record_id": "r", "url": f"http://127.0.0.1:{srv.server_address[1]}/a.tif"}).encode()
-        ts = int(time.time())
-        first = post(wh, body, ts=ts)
-        assert first.status_code == 202 and "x-semtag-replay" not in first.headers
-        for _ in range(3):  # the same signed request again: answered from the record, nothing fetched
-            again = post(wh, body, ts=ts)
-            assert again.status_code == 202 and again.json() == first.json()
-            assert again.headers["x-semtag-replay"] == "true"
-        assert len(hits) == 1
-        fresh = post(wh, body, ts=ts + 1)  # a new delivery (new signature) is processed
-        assert fresh.status_code == 202 and fresh.json()["duplicate"] is True and len(hits) == 2
-        bad = json.dumps({"record_id": "r", "content_base64": base64.b64encode(b"hello" * 20).decode()}).encode()
-        refused = post(wh, bad, ts=ts)
-        replayed = post(wh, bad, ts=ts)
-        assert refused.status_code == replayed.status_code == 415 and replayed.json() == refused.json()
-    finally:
-        srv.shutdown()
+def test_a_replay_inside_the_window_gets_the_first_reply(wh: Client, file_host: SimpleNamespace) -> None:
+    body = json.dumps({"record_id": "r", "url": f"http://127.0.0.1:{file_host.port}/a.tif"}).encode()
+    ts = int(time.time())
+    first = post(wh, body, ts=ts)
+    assert first.status_code == 202 and "x-semtag-replay" not in first.headers
+    for _ in range(3):  # the same signed request again: answered from the record, nothing fetched
+        again = post(wh, body, ts=ts)
+        assert again.status_code == 202 and again.json() == first.json()
+        assert again.headers["x-semtag-replay"] == "true"
+    assert len(file_host.hits) == 1
+    fresh = post(wh, body, ts=ts + 1)  # a new delivery (new signature) is processed
+    assert fresh.status_code == 202 and fresh.json()["duplicate"] is True and len(file_host.hits) == 2
+    bad = json.dumps({"record_id": "r", "content_base64": base64.b64encode(b"hello" * 20).decode()}).encode()
+    refused = post(wh, bad, ts=ts)
+    replayed = post(wh, bad, ts=ts)
+    assert refused.status_code == replayed.status_code == 415 and replayed.json() == refused.json()

@@ -28,6 +28,7 @@ def _env(settings: Settings) -> dict[str, str]:
         "SEMTAG_DATABASE_URL": settings.database_url,
         "SEMTAG_BROKER_URL": settings.broker_url,
         "SEMTAG_BROKER_VISIBILITY_TIMEOUT_S": str(settings.broker_visibility_timeout_s),
+        "SEMTAG_JOB_LEASE_S": str(settings.job_lease_s),
         "SEMTAG_INFERENCE_BATCH_SIZE": str(settings.inference_batch_size),
     })
     return env
@@ -64,7 +65,7 @@ def prod_settings(pg_url, redis_url, tmp_path) -> Settings:
     _reset_pg(pg_url)
     redis.Redis.from_url(redis_url).flushdb()
     return Settings(data_dir=tmp_path / "var", database_url=pg_url, broker_url=redis_url,
-                    broker_visibility_timeout_s=3)
+                    broker_visibility_timeout_s=3, job_lease_s=3)
 
 
 def _poll(fn, timeout: float = 60, every: float = 0.2):
