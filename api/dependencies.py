@@ -63,7 +63,7 @@ class Principal:
 def require(permission: str) -> Callable[..., Principal]:
     """A dependency that lets through only keys whose role grants ``permission``."""
 
-    def dependency(session: SessionDep,
+    def dependency(request: Request, session: SessionDep,
                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]) -> Principal:
         if credentials is None or not credentials.credentials.strip():
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", headers=BEARER_CHALLENGE)
@@ -76,6 +76,7 @@ def require(permission: str) -> Callable[..., Principal]:
         session.commit()  # end the read-only transaction; the route's own work starts a new one
         if not auth.allows(principal.role, permission):
             raise Forbidden(f"role {principal.role!r} may not {permission}")
+        known_query_only(request)  # after authentication: a stranger learns no parameter names
         return principal
 
     return dependency
@@ -91,7 +92,8 @@ def _query_names(dependant: Dependant) -> set[str]:
 
 def known_query_only(request: Request) -> None:
     """Refuse query parameters the route does not take: a misspelt filter (``?catgory=``) would
-    otherwise be ignored and return everything."""
+    otherwise be ignored and return everything. Checked by :func:`require`, so only on authenticated
+    routes and after the key: health probes, docs and the webhook keep ignoring cache-busters."""
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
     if dependant is None:

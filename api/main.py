@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import fastapi_offline
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
@@ -20,7 +20,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from api import errors
 from api.admin.router import job_request_schema
 from api.admin.router import router as admin_router
-from api.dependencies import known_query_only
 from api.health.router import router as health_router
 from api.images.router import router as images_router
 from api.metrics import STATE, MetricsMiddleware
@@ -130,7 +129,7 @@ def create_app(settings: Settings | None = None, auto_migrate: bool = True) -> F
             runtime.queue.shutdown()
 
     app = FastAPI(title="semtag", version=__version__, lifespan=lifespan, description=DESCRIPTION,
-                  docs_url=None, redoc_url=None, dependencies=[Depends(known_query_only)])
+                  docs_url=None, redoc_url=None)
     app.state.runtime = runtime
     app.add_middleware(MetricsMiddleware)
     errors.install(app)

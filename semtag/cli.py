@@ -68,6 +68,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if bad:
         print(f"unknown queue(s) {', '.join(bad)}; choose from {', '.join(QUEUES)}", file=sys.stderr)
         return 2
+    if args.beat and "maintenance" not in queues:
+        # the beat schedules the reconciler on the maintenance queue: whoever schedules it also runs it
+        queues.append("maintenance")
+        print("semtag worker: --beat also consumes the maintenance queue (the reconciler)", file=sys.stderr)
     if args.metrics_port or s.worker_metrics_port:
         from prometheus_client import start_http_server
 
@@ -500,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = _add(sub, "worker", "run a Celery worker (needs SEMTAG_BROKER_URL, e.g. a Redis URL)", cmd_worker)
     sp.add_argument("--queues", default="inference,ocr,batch,maintenance",
-                    help="comma-separated queues to consume, from inference, ocr, batch")
+                    help="comma-separated queues to consume, from inference, ocr, batch, maintenance "
+                         "(the reconciler; --beat adds it)")
     sp.add_argument("--concurrency", type=int, default=max(1, os.cpu_count() or 1),
                     help="worker processes or threads (one per CPU)")
     sp.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],

@@ -216,6 +216,7 @@ class Job(Base):
     # A running job's lease, renewed by its worker's heartbeat: a redelivered copy of the task finds it
     # held and leaves the job alone; once it lapses (the worker died) the job may be run again.
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # the last message sent for it
 
 
 class ApiKey(Base):

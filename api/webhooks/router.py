@@ -6,6 +6,7 @@ import json
 import tempfile
 from typing import IO
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -81,7 +82,7 @@ def _ingest(rt: Runtime, payload: IngestPayload) -> IngestAccepted:
 
 
 @router.post("/ingest", status_code=202, response_model=IngestAccepted,
-             responses=documented(401, 409, 413, 415, 422, 503),
+             responses=documented(401, 413, 415, 422, 503),
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": IngestPayload.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
 async def ingest_webhook(request: Request, rt: RuntimeDep) -> IngestAccepted | JSONResponse:
@@ -94,7 +95,7 @@ async def ingest_webhook(request: Request, rt: RuntimeDep) -> IngestAccepted | J
     try:
         with body:
             data = await run_in_threadpool(json.load, body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an integer too long to convert
         raise BadInput(f"request body is not valid JSON: {exc}", "malformed_json") from None
     except RecursionError:
         raise BadInput("request body is nested too deeply", "malformed_json") from None
@@ -104,19 +105,21 @@ async def ingest_webhook(request: Request, rt: RuntimeDep) -> IngestAccepted | J
         msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
         raise BadInput(msg, "invalid_request") from None
     key = delivery_key(request.headers.get(SIGNATURE_HEADER, ""))
-    first = await run_in_threadpool(claim_delivery, rt, key, s.webhook_max_skew_s)
+    first = await run_in_threadpool(claim_delivery, rt, key, s.webhook_max_skew_s, s.webhook_fetch_timeout_s + 60)
     if first is not None:  # a replay inside the window: the first reply, nothing processed again
         return JSONResponse(first[1], status_code=first[0], headers={"X-Semtag-Replay": "true"})
     try:
         accepted = await run_in_threadpool(_ingest, rt, payload)
     except SemtagError as exc:
-        if exc.status >= 500:
-            await run_in_threadpool(release_delivery, rt, key)
-        else:
-            await run_in_threadpool(record_reply, rt, key, exc.status, error_body(exc.code, exc.message))
+        with anyio.CancelScope(shield=True):  # the record must be written even if the client went away
+            if exc.status >= 500 or exc.code == "fetch_failed":  # outages and unreachable hosts: retry anew
+                await run_in_threadpool(release_delivery, rt, key)
+            else:
+                await run_in_threadpool(record_reply, rt, key, exc.status, error_body(exc.code, exc.message))
         raise
     except BaseException:
-        await run_in_threadpool(release_delivery, rt, key)
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(release_delivery, rt, key)
         raise
     await run_in_threadpool(record_reply, rt, key, 202, accepted.model_dump(mode="json"))
     return accepted

@@ -16,11 +16,12 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import httpx
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from services.errors import BadInput, Conflict, Unauthorized, Unavailable
+from services.errors import BadInput, Unauthorized, Unavailable
 from services.runtime import Runtime
 from services.storage import BlobTooLarge, BlobWriter
 from services.tables import WebhookDelivery, utcnow
@@ -73,7 +74,9 @@ class SignedBody:
             raise Unauthorized("signature does not match the body", "bad_signature")
 
 
-class ReplayInProgress(Conflict):
+class ReplayInProgress(Unavailable):
+    """The first delivery of this signed request is still being processed: retry shortly."""
+
     code = "replay_in_progress"
 
 
@@ -82,9 +85,10 @@ def delivery_key(signature: str) -> str:
     return hashlib.sha256(signature.strip().encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def claim_delivery(rt: Runtime, key: str, window_s: int) -> tuple[int, dict[str, Any]] | None:
+def claim_delivery(rt: Runtime, key: str, window_s: int, stale_after_s: float) -> tuple[int, dict[str, Any]] | None:
     """None when this signed request is new (it is now claimed); for a replay inside the window, the
-    status and body of the first reply. A replay of a request still being processed is a 409."""
+    status and body of the first reply. A replay of a request still being processed is a 503 with
+    Retry-After; a claim left unfinished for ``stale_after_s`` (its process died) is taken over."""
     with rt.session() as s:  # deliveries older than the window can no longer be replayed: forget them
         s.execute(delete(WebhookDelivery).where(
             WebhookDelivery.received_at < utcnow() - timedelta(seconds=2 * window_s)))
@@ -96,9 +100,16 @@ def claim_delivery(rt: Runtime, key: str, window_s: int) -> tuple[int, dict[str,
         pass
     with rt.session() as s:
         row = s.scalar(select(WebhookDelivery).where(WebhookDelivery.signature_sha256 == key))
-        if row is None or row.status_code is None or row.response is None:
-            raise ReplayInProgress("this signed request is already being processed; its reply comes with the first")
-        return row.status_code, row.response
+        if row is not None and row.status_code is not None and row.response is not None:
+            return row.status_code, row.response
+        taken = s.execute(update(WebhookDelivery).where(
+            WebhookDelivery.signature_sha256 == key, WebhookDelivery.status_code.is_(None),
+            WebhookDelivery.received_at < utcnow() - timedelta(seconds=stale_after_s),
+        ).values(received_at=utcnow()).execution_options(synchronize_session=False))
+        if taken.rowcount == 1:  # type: ignore[attr-defined]
+            return None
+    raise ReplayInProgress("this signed request is already being processed; retry shortly",
+                           headers={"Retry-After": "5"})
 
 
 def record_reply(rt: Runtime, key: str, status_code: int, body: dict[str, Any]) -> None:
@@ -173,14 +184,21 @@ class FetchTarget:
     """Where to connect (the address that was checked, never resolved again) and what to say."""
 
     url: str          # the URL with the checked address in place of the host name
-    host: str         # Host header and TLS server name
+    host: str         # the host name: TLS server name and certificate check
+    host_header: str  # the Host header: the name, bracketed if IPv6, with the port unless the default
     address: str
 
 
 def _is_internal(address: str) -> bool:
+    """Anything but a global unicast address: private, loopback, link-local, shared (100.64/10), reserved,
+    multicast; IPv6 addresses that carry an IPv4 one (mapped, 6to4, NAT64) are judged by it."""
     ip = ipaddress.ip_address(address)
-    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or \
-        ip.is_unspecified
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (
+            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in ipaddress.ip_network("64:ff9b::/96") else None)
+        if embedded is not None:
+            ip = embedded
+    return not ip.is_global or ip.is_multicast
 
 
 def check_url_allowed(url: str, allowlist: list[str]) -> FetchTarget:
@@ -220,32 +238,37 @@ def check_url_allowed(url: str, allowlist: list[str]) -> FetchTarget:
                        f"'{host}:{port}=ADDRESS'", "url_not_allowed")
     netloc = f"[{address}]" if ":" in address else address
     target = urlunsplit((scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
-    return FetchTarget(target, host if parts.port is None else f"{host}:{port}", address)
+    named = f"[{host}]" if ":" in host else host
+    host_header = named if port == DEFAULT_PORTS[scheme] else f"{named}:{port}"
+    return FetchTarget(target, host, host_header, address)
 
 
 def fetch_into(url: str, writer: BlobWriter, allowlist: list[str], timeout_s: float) -> None:
     """Stream the URL's body into the writer (no redirects: a redirect could leave the allow-list).
 
-    ``timeout_s`` bounds the whole download, not each read: a server that trickles a byte every few
-    seconds is cut off at the deadline (give or take one read, at most 5 s)."""
+    ``timeout_s`` bounds the whole exchange, headers included: a host that trickles bytes is cut off
+    at the deadline. The fetch connects directly (proxy variables are not used: the connection goes to
+    the address that was checked)."""
     target = check_url_allowed(url, allowlist)
-    deadline = time.monotonic() + timeout_s
-    host = target.host.rsplit(":", 1)[0] if not target.host.startswith("[") else target.host
     try:
-        # Connect to the address that was checked (no second DNS lookup to rebind); name the host for
-        # HTTP (Host) and TLS (server name and certificate check).
-        with httpx.Client(timeout=min(timeout_s, 5.0), follow_redirects=False) as client, client.stream(
-                "GET", target.url, headers={"Host": target.host}, extensions={"sni_hostname": host}) as resp:
-            if resp.status_code != 200:
-                raise BadInput(f"fetching the url returned HTTP {resp.status_code}", "fetch_failed")
-            for chunk in resp.iter_bytes():  # as it arrives: a fixed chunk size would wait for a trickle to fill it
-                writer.write(chunk)
-                if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout("the download took longer than the fetch timeout")
+        anyio.run(_download, target, writer, timeout_s)
     except BlobTooLarge:
         raise
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, TimeoutError, OSError) as exc:
         # One message for every transport failure: refused, reset, timed out and unreachable must look alike,
         # or the webhook maps which ports answer. The detail goes to the log.
         log.info("webhook fetch of %s failed: %s: %s", url, type(exc).__name__, exc)
         raise BadInput("the file could not be fetched from the url", "fetch_failed") from None
+
+
+async def _download(target: FetchTarget, writer: BlobWriter, timeout_s: float) -> None:
+    with anyio.fail_after(timeout_s):  # the whole download, not each read
+        # Connect to the address that was checked (no second DNS lookup to rebind); name the host for
+        # HTTP (Host) and TLS (server name and certificate check).
+        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False) as client, \
+                client.stream("GET", target.url, headers={"Host": target.host_header},
+                              extensions={"sni_hostname": target.host}) as resp:
+            if resp.status_code != 200:
+                raise BadInput(f"fetching the url returned HTTP {resp.status_code}", "fetch_failed")
+            async for chunk in resp.aiter_bytes():
+                writer.write(chunk)

@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from services.errors import (
@@ -53,18 +53,28 @@ class JobCancelled(SemtagError):
     code = "cancelled"
 
 
+class LeaseLost(JobCancelled):
+    """Raised inside a run whose lease lapsed and was taken by another worker: this run stops quietly."""
+
+    code = "lease_lost"
+
+
 @dataclass
 class JobContext:
     rt: Runtime
     job_id: int
     params: dict[str, Any]
+    attempt: int = 0  # which run of the job this is: the fencing token of its lease
 
     def progress(self, fraction: float, message: str | None = None) -> None:
-        """Record progress; raises :class:`JobCancelled` when the job was cancelled meanwhile."""
+        """Record progress; raises :class:`JobCancelled` when the job was cancelled meanwhile, or when
+        another worker took it over (this run lost its lease)."""
         with self.rt.session() as s:
             job = _row(s, self.job_id)
             if job.status == JobStatus.cancelled.value:
                 raise JobCancelled(f"job {self.job_id} was cancelled")
+            if self.attempt and job.attempts != self.attempt:
+                raise LeaseLost(f"job {self.job_id} was taken over by attempt {job.attempts}")
             job.progress = max(0.0, min(1.0, float(fraction)))
             if message is not None:
                 job.message = message
@@ -116,7 +126,8 @@ def validate_params(kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
 def create_job(rt: Runtime, kind: str, params: dict[str, Any] | None, created_by: str | None = None) -> Job:
     clean = validate_params(kind, params)
     with rt.session() as s:
-        job = Job(kind=kind, params=clean, status=JobStatus.queued.value, created_by=created_by)
+        job = Job(kind=kind, params=clean, status=JobStatus.queued.value, created_by=created_by,
+                  enqueued_at=utcnow())
         s.add(job)
         s.flush()
     try:
@@ -175,9 +186,11 @@ def cancel_job(rt: Runtime, job_id: int) -> Job:
         return job
 
 
-def _claim(rt: Runtime, job_id: int) -> tuple[str, dict[str, Any]] | str:
+def _claim(rt: Runtime, job_id: int) -> tuple[str, dict[str, Any], int] | str:
     """Take the job to run it: a queued one, or a running one whose lease lapsed (its worker died).
-    Returns (kind, params), or the job's status when someone else holds it or it is finished."""
+    Returns (kind, params, attempt), or the job's status when someone else holds it or it is finished.
+    The attempt number fences the run: heartbeats, progress and the outcome only count while it is
+    still the job's latest attempt. (Leases use each worker's clock: keep the hosts' clocks in sync.)"""
     now = utcnow()
     lease = timedelta(seconds=rt.settings.job_lease_s)
     with rt.session() as s:
@@ -192,18 +205,22 @@ def _claim(rt: Runtime, job_id: int) -> tuple[str, dict[str, Any]] | str:
             return "missing"
         if taken.rowcount != 1:  # type: ignore[attr-defined]
             return job.status
-        return job.kind, dict(job.params)
+        return job.kind, dict(job.params), job.attempts
 
 
-def _heartbeat(rt: Runtime, job_id: int, stop: threading.Event) -> None:
-    """Renew the lease every third of it while the job runs (long epochs report no progress)."""
+def _heartbeat(rt: Runtime, job_id: int, attempt: int, stop: threading.Event) -> None:
+    """Renew this run's lease every third of it while the job runs (long epochs report no progress);
+    stop renewing once another attempt holds the job."""
     every = max(1.0, rt.settings.job_lease_s / 3)
     while not stop.wait(every):
         try:
             with rt.session() as s:
-                s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value)
-                          .values(lease_until=utcnow() + timedelta(seconds=rt.settings.job_lease_s)))
-        except Exception:
+                renewed = s.execute(update(Job).where(
+                    Job.id == job_id, Job.status == JobStatus.running.value, Job.attempts == attempt,
+                ).values(lease_until=utcnow() + timedelta(seconds=rt.settings.job_lease_s)))
+            if renewed.rowcount != 1:  # type: ignore[attr-defined]
+                return  # cancelled, finished or taken over: progress() stops the run
+        except Exception:  # an outage: the next beat tries again, the lease has slack
             log.warning("job %s: heartbeat failed", job_id, exc_info=True)
 
 
@@ -215,15 +232,19 @@ def run_job(rt: Runtime, job_id: int) -> str:
         if claim == JobStatus.running.value:
             log.info("job %s is running elsewhere (its lease is held); this delivery leaves it", job_id)
         return claim
-    kind, params = claim
-    ctx = JobContext(rt, job_id, params)
+    kind, params, attempt = claim
+    ctx = JobContext(rt, job_id, params, attempt)
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(rt, job_id, stop), daemon=True, name=f"job-{job_id}-lease")
+    beat = threading.Thread(target=_heartbeat, args=(rt, job_id, attempt, stop), daemon=True,
+                            name=f"job-{job_id}-lease")
     beat.start()
     try:
         if kind not in JOB_KINDS:
             raise UnknownJobKind(f"job kind {kind!r} is not available in this worker")
         result = JOB_KINDS[kind].handler(ctx)
+    except LeaseLost:
+        log.warning("job %s: attempt %s lost its lease to a later attempt and stops", job_id, attempt)
+        return "superseded"
     except JobCancelled:
         return JobStatus.cancelled.value
     except Exception as exc:  # recorded on the row: the job failed, the worker goes on
@@ -234,10 +255,10 @@ def run_job(rt: Runtime, job_id: int) -> str:
         else:
             log.exception("job %s (%s) failed", job_id, kind)
             error = f"internal error: {type(exc).__name__}: {exc} (the traceback is in the worker's log)"
-        return _finish(rt, job_id, JobStatus.failed, error=error, result=None)
+        return _finish(rt, job_id, JobStatus.failed, attempt, error=error, result=None)
     finally:
         stop.set()
-    return _finish(rt, job_id, JobStatus.succeeded, result=result, progress=1.0)
+    return _finish(rt, job_id, JobStatus.succeeded, attempt, result=result, progress=1.0)
 
 
 def reconcile_jobs(rt: Runtime, older_than_s: float | None = None) -> int:
@@ -245,10 +266,15 @@ def reconcile_jobs(rt: Runtime, older_than_s: float | None = None) -> int:
     e.g. with an in-process queue at a restart) or running with a lapsed lease (their worker died)."""
     older = rt.settings.reconcile_after_s if older_than_s is None else older_than_s
     now = utcnow()
+    cutoff = now - timedelta(seconds=older)
     with rt.session() as s:
-        ids = list(s.scalars(select(Job.id).where(or_(
-            and_(Job.status == JobStatus.queued.value, Job.created_at <= now - timedelta(seconds=older)),
-            and_(Job.status == JobStatus.running.value, Job.lease_until < now)))))
+        # Each job at most once per reconcile_after_s: the time of the last message sent is kept.
+        last_sent = func.coalesce(Job.enqueued_at, Job.created_at)
+        ids = list(s.scalars(select(Job.id).where(last_sent <= cutoff, or_(
+            Job.status == JobStatus.queued.value,
+            and_(Job.status == JobStatus.running.value, or_(Job.lease_until.is_(None), Job.lease_until < now))))))
+        if ids:
+            s.execute(update(Job).where(Job.id.in_(ids)).values(enqueued_at=now))
     for job_id in ids:
         try:
             rt.queue.enqueue(TASK_RUN_JOB, job_id)
@@ -259,12 +285,15 @@ def reconcile_jobs(rt: Runtime, older_than_s: float | None = None) -> int:
     return len(ids)
 
 
-def _finish(rt: Runtime, job_id: int, status: JobStatus, **fields: Any) -> str:
-    """Record the outcome, unless an admin cancelled the job meanwhile (then it stays cancelled)."""
+def _finish(rt: Runtime, job_id: int, status: JobStatus, attempt: int | None = None, **fields: Any) -> str:
+    """Record the outcome, unless an admin cancelled the job meanwhile (then it stays cancelled) or a
+    later attempt took it over (then that attempt records its own)."""
     with rt.session() as s:
         job = _row(s, job_id)
         if job.status == JobStatus.cancelled.value:
             return job.status
+        if attempt is not None and job.attempts != attempt:
+            return "superseded"
         job.status, job.finished_at, job.lease_until = status.value, utcnow(), None
         for name, value in fields.items():
             setattr(job, name, value)

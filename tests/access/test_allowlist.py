@@ -3,6 +3,7 @@ names them, and the fetch connects to the address that was checked."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,14 +38,16 @@ def test_entries_match_scheme_host_and_port(entries: list[str], url: str, allowe
         assert e.value.code == "url_not_allowed"
 
 
-@pytest.mark.parametrize("resolved", ["127.0.0.1", "10.1.2.3", "169.254.169.254", "::1", "192.168.0.7"])
+@pytest.mark.parametrize("resolved", ["127.0.0.1", "10.1.2.3", "169.254.169.254", "::1", "192.168.0.7",
+                                      "100.100.100.200", "::ffff:127.0.0.1", "64:ff9b::7f00:1", "2002:a01:203::1"])
 def test_internal_addresses_need_an_explicit_entry(resolved: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: [(2, 1, 6, "", (resolved, 0))])
     with pytest.raises(BadInput) as e:
         check_url_allowed("https://files.example.org/x", ["files.example.org"])
     assert e.value.code == "url_not_allowed" and "internal" in e.value.message
     pinned = check_url_allowed("https://files.example.org/x", [f"files.example.org={resolved}"])
-    assert pinned.address == resolved and pinned.host == "files.example.org"
+    assert ipaddress.ip_address(pinned.address) == ipaddress.ip_address(resolved)
+    assert pinned.host == "files.example.org"
 
 
 def test_entry_syntax() -> None:
@@ -64,3 +67,12 @@ def test_the_fetch_connects_to_the_checked_address_without_a_second_lookup(tmp_p
         assert file_host.hits == [("/a.tif", f"files.invalid:{port}")]
     finally:
         c.close()
+
+
+def test_host_header_and_tls_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: [(10, 1, 6, "", ("2606:4700::1111", 0, 0, 0))])
+    t = check_url_allowed("https://files.example.org:443/x?y=1", ["files.example.org"])
+    assert (t.url, t.host, t.host_header) == ("https://[2606:4700::1111]:443/x?y=1", "files.example.org",
+                                              "files.example.org")
+    t = check_url_allowed("http://[2606:4700::1111]:8080/x", ["[2606:4700::1111]:8080"])
+    assert (t.host, t.host_header) == ("2606:4700::1111", "[2606:4700::1111]:8080")

@@ -134,3 +134,36 @@ def test_a_replay_inside_the_window_gets_the_first_reply(wh: Client, file_host: 
     refused = post(wh, bad, ts=ts)
     replayed = post(wh, bad, ts=ts)
     assert refused.status_code == replayed.status_code == 415 and replayed.json() == refused.json()
+
+
+def test_replay_claims_in_progress_and_stale(wh: Client) -> None:
+    from datetime import timedelta
+
+    from services.access.webhook import ReplayInProgress, claim_delivery, delivery_key
+    from services.tables import WebhookDelivery, utcnow
+
+    key = delivery_key("sha256=" + "ab" * 32)
+    assert claim_delivery(wh.rt, key, 300, 90) is None          # first: claimed
+    with pytest.raises(ReplayInProgress) as e:                  # a replay while it is processed: retry shortly
+        claim_delivery(wh.rt, key, 300, 90)
+    assert e.value.status == 503 and e.value.headers == {"Retry-After": "5"}
+    with wh.rt.session() as s:                                  # the first process died long ago
+        s.query(WebhookDelivery).filter_by(signature_sha256=key).update({"received_at": utcnow() - timedelta(
+            seconds=120)})
+    assert claim_delivery(wh.rt, key, 300, 90) is None          # its claim is taken over
+
+
+def test_an_unreachable_host_is_not_replayed_as_a_failure(wh: Client, file_host: SimpleNamespace) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    body = json.dumps({"record_id": "r", "url": f"http://127.0.0.1:{closed}/a.tif"}).encode()
+    ts = int(time.time())
+    assert post(wh, body, ts=ts).status_code == 422
+    again = post(wh, body, ts=ts)  # the repository's retry of the same delivery is processed anew
+    assert again.status_code == 422 and "x-semtag-replay" not in again.headers
+
+
+def test_huge_integers_in_webhook_json(wh: Client) -> None:
+    r = post(wh, b'{"record_id": ' + b"9" * 5000 + b"}")
+    assert r.status_code == 422 and _code(r) == "malformed_json"

@@ -134,3 +134,10 @@ def test_unknown_query_parameters_are_named(sqlite_client: Client) -> None:
     assert r.status_code == 422 and _code(r) == "unknown_parameter" and "'catgory'" in r.json()["error"]["message"]
     assert "category" in r.json()["error"]["message"]
     assert sqlite_client.get("/v1/images", params={"category": "tips", "limit": 5}).status_code == 200
+
+
+def test_unknown_parameters_are_checked_after_the_key(sqlite_client: Client) -> None:
+    r = sqlite_client.http.get("/v1/images", params={"catgory": "tips"})
+    assert r.status_code == 401  # a stranger learns no parameter names
+    assert sqlite_client.http.get("/healthz", params={"cache": "1"}).status_code == 200
+    assert sqlite_client.http.get("/docs", params={"v": "2"}).status_code == 200
