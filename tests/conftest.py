@@ -114,6 +114,29 @@ class Client:
     def get(self, path: str, role: str = "read", **kw):
         return self.http.get(path, headers=self.auth(role), **kw)
 
+    def activate_model(self, onnx_path: Path) -> str:
+        """Register an exported model and make it the active one; its version."""
+        from services.classify import registry
+
+        with self.rt.session() as s:
+            version = registry.register(s, onnx_path, self.settings.data_dir / "models").version
+            registry.activate(s, version)
+        return version
+
+    def upload_synthetic(self, n: int, size: int, seed: int, prefix: str = "i") -> list[int]:
+        """Upload ``n`` synthetic SEM-like PNGs (categories k % 10), wait for their processing; their ids."""
+        import cv2
+
+        from services.data.synth import make_image
+
+        files = []
+        for k in range(n):
+            img, _ = make_image(k % 10, size, size, seed=seed + k)
+            files.append((f"{prefix}{k}.png", cv2.imencode(".png", img)[1].tobytes()))
+        ids = [it["id"] for it in self.upload(*files).json()["items"]]
+        self.wait()
+        return ids
+
     def wait(self) -> None:
         join = getattr(self.rt.queue, "join", None)
         if join:

@@ -169,22 +169,12 @@ def test_cluster_cli_on_saved_features(tmp_path: Path, blobs: Blobs, capsys: pyt
 
 
 def test_clustering_job_writes_the_subcategory_tree(sqlite_settings: Settings, alexnet_onnx: Path) -> None:
-    import cv2
-
-    from services.classify import registry
-    from services.data.synth import make_image
     from tests.conftest import Client
 
     c = Client(sqlite_settings)
     try:
-        with c.rt.session() as s:
-            registry.activate(s, registry.register(s, alexnet_onnx, sqlite_settings.data_dir / "models").version)
-        files = []
-        for k in range(40):
-            img, _ = make_image(k % 10, 128, 128, seed=500 + k)
-            files.append((f"i{k}.png", cv2.imencode(".png", img)[1].tobytes()))
-        ids = [it["id"] for it in c.upload(*files).json()["items"]]
-        c.wait()
+        c.activate_model(alexnet_onnx)
+        ids = c.upload_synthetic(40, 128, seed=500)
         for k, iid in enumerate(ids[:20]):
             assert c.http.put(f"/v1/images/{iid}/label", json={"category": k % 10},
                               headers=c.auth("curator")).status_code == 200

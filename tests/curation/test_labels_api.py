@@ -6,7 +6,6 @@ from pathlib import Path
 
 import cv2
 
-from services.classify import registry
 from services.data.synth import make_image
 from tests.conftest import Client
 
@@ -19,8 +18,7 @@ def _png(category: int, seed: int) -> bytes:
 def test_delete_label_falls_back_and_review_filter(sqlite_settings, alexnet_onnx: Path) -> None:
     c = Client(sqlite_settings)
     try:
-        with c.rt.session() as s:
-            registry.activate(s, registry.register(s, alexnet_onnx, sqlite_settings.data_dir / "models").version)
+        c.activate_model(alexnet_onnx)
         ids = [c.upload((f"{k}.png", _png(k, 300 + k))).json()["items"][0]["id"] for k in range(4)]
         c.wait()
         cur = c.auth("curator")

@@ -6,10 +6,6 @@ import re
 import time
 from pathlib import Path
 
-import cv2
-
-from services.classify import registry
-from services.data.synth import make_image
 from services.tables import Image
 from tests.conftest import Client
 
@@ -80,14 +76,8 @@ def test_a_user_error_in_a_job_is_a_message_not_a_traceback(sqlite_client: Clien
 def test_clustering_report_is_served(sqlite_settings, alexnet_onnx: Path) -> None:
     c = Client(sqlite_settings)
     try:
-        with c.rt.session() as s:
-            registry.activate(s, registry.register(s, alexnet_onnx, sqlite_settings.data_dir / "models").version)
-        files = []
-        for k in range(22):
-            img, _ = make_image(k % 10, 96, 96, seed=900 + k)
-            files.append((f"r{k}.png", cv2.imencode(".png", img)[1].tobytes()))
-        ids = [it["id"] for it in c.upload(*files).json()["items"]]
-        c.wait()
+        c.activate_model(alexnet_onnx)
+        ids = c.upload_synthetic(22, 96, seed=900, prefix="r")
         broken = ids[1]
         with c.rt.session() as s:  # a blob damaged on disk after it was accepted
             c.rt.store.local_path(s.get(Image, broken).storage_key).write_bytes(b"not an image any more")
