@@ -10,7 +10,7 @@ from celery import Celery
 from kombu import Queue
 
 from semtag.settings import get_settings
-from services.runtime import TASK_QUEUES, TASK_RECONCILE
+from services.runtime import TASK_DISPATCH_EVENTS, TASK_QUEUES, TASK_RECONCILE
 
 QUEUES = ("inference", "ocr", "batch", "maintenance")
 
@@ -25,6 +25,9 @@ def make_app() -> Celery:
             "visibility_timeout": settings.broker_visibility_timeout_s,
             # sweep for tasks of dead workers at least twice per visibility timeout
             "unacked_restore_interval": max(1, min(10, settings.broker_visibility_timeout_s // 2)),
+            # a worker killed during a sweep leaves its mutex behind: kombu's default of 300 s would stop every
+            # other worker from restoring the dead one's tasks for five minutes
+            "unacked_mutex_expire": max(5, min(60, settings.broker_visibility_timeout_s)),
         },
         task_queues=[Queue(q) for q in QUEUES],
         task_default_queue="batch",
@@ -38,6 +41,9 @@ def make_app() -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "reconcile": {"task": TASK_RECONCILE, "schedule": float(settings.reconcile_every_s)},
+            # outbound events: retries fall due and nudges may be lost; the outbox is the source of truth
+            "dispatch-events": {"task": TASK_DISPATCH_EVENTS, "schedule": float(settings.events_dispatch_every_s),
+                                "options": {"expires": float(settings.events_dispatch_every_s)}},
         },
     )
     return app

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from semtag.settings import Settings
@@ -20,9 +21,19 @@ log = logging.getLogger(__name__)
 class CeleryQueue:
     """Sends tasks to Redis through a pool of connections with short socket timeouts, so that a broker
     that is down or frozen costs a publisher seconds, not minutes: the caller gets
-    :class:`QueueUnavailable` and decides (an image stays pending for the reconciler; a job fails)."""
+    :class:`QueueUnavailable` and decides (an image stays pending for the reconciler; a job fails).
 
-    def __init__(self, broker_url: str | None = None, timeout_s: float = 2.0) -> None:
+    A publish may take several socket operations (a new connection's handshake, the queue's declaration,
+    the push), each bounded by ``timeout_s``; the caller waits for it at most ``deadline_s`` in all
+    (bench/faults.py, redis-freeze). A publish still hanging then finishes or fails on its own thread; if the
+    broker comes back in time it is delivered all the same, which every task tolerates (images are
+    idempotent, a job already failed is not run). A publish that failed fast (a pooled connection a Redis
+    restart broke) is tried once more at once.
+    """
+
+    FAST_FAILURE_S = 0.5
+
+    def __init__(self, broker_url: str | None = None, timeout_s: float = 1.5, deadline_s: float = 3.0) -> None:
         from kombu import Connection
 
         from workers.app import app
@@ -31,20 +42,39 @@ class CeleryQueue:
             app.conf.broker_url = broker_url
         self.app = app
         self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
         options = {**app.conf.broker_transport_options, "socket_timeout": timeout_s,
                    "socket_connect_timeout": timeout_s}
         self._connection = Connection(app.conf.broker_url, transport_options=options, connect_timeout=timeout_s)
+        self._publishers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="semtag-publish")
 
-    def enqueue(self, task: str, *args: int) -> None:
+    def _publish(self, task: str, args: tuple[int, ...]) -> None:
         from kombu.exceptions import KombuError, OperationalError
         from kombu.pools import connections
         from redis.exceptions import RedisError
 
+        for attempt in (1, 2):
+            started = time.monotonic()
+            try:
+                with connections[self._connection].acquire(block=True, timeout=self.timeout_s) as conn:
+                    self.app.send_task(task, args=list(args), queue=TASK_QUEUES[task], connection=conn, retry=False)
+                return
+            except (OperationalError, KombuError, RedisError, OSError):
+                if attempt == 2 or time.monotonic() - started >= self.FAST_FAILURE_S:
+                    raise
+
+    def enqueue(self, task: str, *args: int) -> None:
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        from kombu.exceptions import KombuError, OperationalError
+        from redis.exceptions import RedisError
+
+        future = self._publishers.submit(self._publish, task, args)
         try:
-            with connections[self._connection].acquire(block=True, timeout=self.timeout_s) as conn:
-                self.app.send_task(task, args=list(args), queue=TASK_QUEUES[task], connection=conn, retry=True,
-                                   retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
-                                                 "interval_max": 0.2})
+            future.result(timeout=self.deadline_s)
+        except FutureTimeout as exc:
+            log.warning("could not queue %s%s within %.1f s: the broker does not answer", task, args, self.deadline_s)
+            raise QueueUnavailable("the task queue (Redis) does not answer", headers={"Retry-After": "30"}) from exc
         except (OperationalError, KombuError, RedisError, OSError) as exc:
             log.warning("could not queue %s%s: %s: %s", task, args, type(exc).__name__, exc)
             raise QueueUnavailable("the task queue (Redis) is unavailable", headers={"Retry-After": "30"}) from exc

@@ -11,9 +11,10 @@ from celery_batches import Batches
 
 from semtag.settings import get_settings
 from services.errors import is_transient
+from services.events import service as events
 from services.images import pipeline
 from services.jobs import service as jobs
-from services.runtime import TASK_CLASSIFY, TASK_READ_SCALE, TASK_RECONCILE, TASK_RUN_JOB
+from services.runtime import TASK_CLASSIFY, TASK_DISPATCH_EVENTS, TASK_READ_SCALE, TASK_RECONCILE, TASK_RUN_JOB
 from workers.app import app
 from workers.context import get_runtime
 
@@ -89,3 +90,11 @@ def run_job(self: Task, job_id: int) -> str:
 def reconcile() -> int:
     rt = get_runtime()
     return pipeline.reconcile(rt) + jobs.reconcile_jobs(rt)
+
+
+@app.task(name=TASK_DISPATCH_EVENTS)
+def dispatch_events() -> int:
+    """Send the outbound events that are due (the beat runs it periodically; commits that wrote events nudge
+    it). Safe to run anywhere at once: deliveries are claimed in the database."""
+    report = events.dispatch(get_runtime())
+    return report.sent

@@ -26,7 +26,7 @@ import numpy as np
 
 from services.classify.registry import META_KEY
 from services.errors import BadInput, BadParams
-from services.images.imaging import ImageRejected, load_gray
+from services.images.imaging import ImageRejected, decode_gray, release_memory
 from services.images.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, prepare_gray
 
 WARMUP_BATCHES = (1, 8, 32)
@@ -64,15 +64,6 @@ class Classification:
                 "needs_review": self.needs_review, "ood_score": self.ood_score}
 
 
-def colourfulness(rgb: np.ndarray) -> float:
-    """Hasler & Süsstrunk (2003) colourfulness; SEM micrographs are grey (≈ 0), photos and plots are not."""
-    if rgb.ndim != 3 or rgb.shape[-1] < 3:
-        return 0.0
-    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
-    rg, yb = r - g, 0.5 * (r + g) - b
-    return float(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
-
-
 def ood_score(energy: float, colour: float, energy_stats: dict | None) -> float:
     """0–1: how unlike an SEM micrograph of the training distribution the input is.
 
@@ -94,7 +85,7 @@ class Engine:
 
     def __init__(self, model_path: Path | str, providers: list[str] | None = None, threads: int | None = None,
                  warmup: Iterable[int] = (), review_threshold: float = 0.6,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, memory_arena: bool = False, spin: bool = False) -> None:
         import onnxruntime as ort
 
         self.path = Path(model_path)
@@ -104,6 +95,13 @@ class Engine:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = threads or cpu_count()
         so.inter_op_num_threads = 1
+        # Without the arena (and its planned buffers) a batch's activations are freed after the run instead
+        # of staying allocated at the largest batch size seen: the worker's memory follows its current work.
+        so.enable_cpu_mem_arena = memory_arena
+        so.enable_mem_pattern = memory_arena
+        # Idle intra-op threads busy-wait for the next operator by default: on cores the process shares (the ocr
+        # workers, the API) that burnt a third more CPU per image than the work itself (bench/RESULTS.md, backfill)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=choose_providers(providers))
         except Exception as exc:
@@ -122,6 +120,7 @@ class Engine:
         self.providers = self.session.get_providers()
         for b in warmup:
             self.run(np.zeros((b, self.pp.input_size, self.pp.input_size, self.pp.channels), np.float32))
+        release_memory()  # loading parses the model into buffers it frees again (about the model's size)
 
     @property
     def version_hint(self) -> str:
@@ -134,20 +133,10 @@ class Engine:
 
     # ---- decoding (thread-safe; OpenCV releases the GIL) ----
     def decode(self, path: Path | str) -> tuple[np.ndarray, float]:
-        """(model input, colourfulness) for one file; raises ``ImageRejected``/``OSError``."""
-        from PIL import Image as PILImage
-
-        gray = load_gray(path, self.max_pixels, min_side=self.pp.input_size)
-        colour = 0.0
-        try:
-            with PILImage.open(path) as im:
-                if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
-                    small = im.convert("RGB")
-                    small.thumbnail((256, 256))
-                    colour = colourfulness(np.asarray(small))
-        except OSError:
-            colour = 0.0
-        return prepare_gray(gray, self.pp), colour
+        """(model input, colourfulness) for one file, decoded once at reduced size in bounded memory;
+        raises ``ImageRejected``/``OSError``."""
+        decoded = decode_gray(path, self.max_pixels, min_side=self.pp.input_size)
+        return prepare_gray(decoded.gray, self.pp), decoded.colourfulness
 
     def results(self, logits: np.ndarray, probs: np.ndarray, colours: list[float]) -> list[Classification]:
         out = []

@@ -20,9 +20,10 @@ class ClusteringParams(BaseModel):
          "k": 5}]})
 
     scale_min_nm: float | None = Field(1000.0, gt=0, allow_inf_nan=False,
-                                       description="smallest scale bar in nm; null: no lower bound")
+                                       description="smallest scale bar in nm (included); null: no lower bound")
     scale_max_nm: float | None = Field(2000.0, gt=0, allow_inf_nan=False,
-                                       description="largest scale bar in nm; null: no upper bound")
+                                       description="upper bound of the scale bar in nm, excluded as in the scale bins "
+                                       "([min, max): 1000–2000 is the 1 µm–2 µm bin); null: no upper bound")
     output: Literal["logits", "features"] = Field("logits", description="the model output clustered")
     within: Literal["category", "all"] = Field("category", description="cut within each category, or over all")
     method: Method = Field("ward", description="the method whose hierarchy becomes the subcategories")
@@ -56,6 +57,10 @@ class SubcategoryRead(BaseModel):
     representatives: list[int] = Field(description="medoid image ids")
     run_id: int | None = None
     created_at: UtcDateTime | None = None
+    named_by: str | None = Field(None, description="the curator who named it (null: the generated name)")
+    named_at: UtcDateTime | None = None
+    name_inherited_from: int | None = Field(None, description="the earlier run's subcategory whose name it kept "
+                                            "(members overlap with Jaccard >= 0.5)")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -80,3 +85,10 @@ class SubcategoryMember(BaseModel):
 class SubcategoryDetail(SubcategoryRead):
     members: list[SubcategoryMember]
     next_cursor: int | None = None
+
+
+class RenameRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "vertical arrays"}]})
+
+    name: str = Field(min_length=1, max_length=256, description="the new name (at most 128 characters once "
+                      "spaces are collapsed)")

@@ -26,17 +26,13 @@ from sqlalchemy.orm import Session
 
 from services.classify import registry
 from services.clustering.analysis import AnalysisConfig, analyse, medoids
-from services.clustering.schemas import (
-    ClusteringParams,
-    SubcategoryDetail,
-    SubcategoryMember,
-    SubcategoryRead,
-    SubcategoryTree,
-)
-from services.data.categories import SLUGS, index_of, to_slug
-from services.errors import BadInput, BadParams, NotFound, parse_params
+from services.clustering.schemas import ClusteringParams
+from services.data.categories import index_of
+from services.errors import BadInput, parse_params
+from services.events import outbox as events
 from services.jobs.service import JobContext
 from services.runtime import Runtime
+from services.scale.units import range_conditions
 from services.tables import HumanLabel, Image, ModelVersion, StepState, Subcategory
 
 log = logging.getLogger(__name__)
@@ -56,13 +52,11 @@ def analysis_config(p: dict[str, Any]) -> AnalysisConfig:
 
 
 def select_images(session: Session, scale_min_nm: float | None, scale_max_nm: float | None) -> list[tuple]:
-    """(id, storage_key, category) of classified images in the scale range, by id."""
+    """(id, storage_key, category) of classified images whose scale bar lies in [min, max) (the
+    rule of the scale bins, :func:`services.scale.units.in_scale_range`), by id."""
     q = select(Image.id, Image.storage_key, Image.category).where(
-        Image.inference_state == StepState.done.value).order_by(Image.id)
-    if scale_min_nm is not None:
-        q = q.where(Image.scale_nm >= scale_min_nm)
-    if scale_max_nm is not None:
-        q = q.where(Image.scale_nm <= scale_max_nm)
+        Image.inference_state == StepState.done.value, *range_conditions(Image.scale_nm, scale_min_nm, scale_max_nm)
+    ).order_by(Image.id)
     return list(session.execute(q).all())
 
 
@@ -90,12 +84,15 @@ def features_for(rt: Runtime, model: ModelVersion, rows: list[tuple], output: st
         for n in range(0, len(todo), 64):
             chunk = todo[n:n + 64]
             xs, ok = [], []
-            for iid, key in chunk:
-                try:
-                    xs.append(eng.decode(rt.store.local_path(key))[0])
-                    ok.append(iid)
-                except Exception:  # noqa: BLE001 — an unreadable blob is left out, and run_clustering says so
-                    log.warning("clustering: image %s cannot be decoded; left out", iid)
+            # fetched together, outside the try: an object-store outage stops the run instead of emptying it
+            with rt.store.local_files([key for _, key in chunk], missing_ok=True) as paths:
+                for (iid, _key), path in zip(chunk, paths):
+                    assert path is not None
+                    try:
+                        xs.append(eng.decode(path)[0])
+                        ok.append(iid)
+                    except Exception:  # noqa: BLE001 — an unreadable blob is left out, and run_clustering says so
+                        log.warning("clustering: image %s cannot be decoded; left out", iid)
             if xs:
                 feats = eng.run(np.stack(xs), outputs=(output,))[output]
                 have.update(zip(ok, feats))
@@ -177,7 +174,9 @@ def write_tree(rt: Runtime, Z: np.ndarray, ids: list[int], cats: dict[int, str |
     else:
         groups = [(None, np.arange(len(ids)))]
     tree: list[dict] = []
+    new_members: dict[int, set[int]] = {}
     with rt.session() as s:
+        named = named_memberships(s)  # the curators' names in the tree being replaced, with its members
         # The new tree replaces the old one: no image keeps a pointer into an earlier run, also
         # images outside this run's selection.
         s.execute(update(Image).where(Image.subcategory_id.is_not(None)).values(subcategory_id=None))
@@ -202,42 +201,53 @@ def write_tree(rt: Runtime, Z: np.ndarray, ids: list[int], cats: dict[int, str |
                 s.flush()
                 s.execute(update(Image).where(Image.id.in_([int(i) for i in ids_arr[glob]]))
                           .values(subcategory_id=row.id))
+                new_members[row.id] = {int(i) for i in ids_arr[glob]}
                 tree.append({"id": row.id, "parent_category": parent, "name": row.name, "size": len(glob),
                              "method": p["method"], "k": k, "representatives": reps})
+        for new_id, (old_id, jac) in match_names(named, new_members).items():
+            old, heir = s.get(Subcategory, old_id), s.get(Subcategory, new_id)
+            assert old is not None and heir is not None
+            heir.name, heir.named_by, heir.named_at, heir.name_inherited_from = (old.name, old.named_by, old.named_at,
+                                                                                 old.id)
+            for node in tree:
+                if node["id"] == new_id:
+                    node.update(name=heir.name, name_inherited_from=old.id, jaccard=round(jac, 3))
+        events.subcategories_updated(s, run_id, p, tree)
     return tree
 
 
-def list_subcategories(session: Session, parent_category: str | None = None,
-                       run_id: int | None = None) -> SubcategoryTree:
-    """The category → subcategory tree (the latest run by default)."""
-    if run_id is None:
-        run_id = session.scalar(select(func.max(Subcategory.run_id)))
-    q = select(Subcategory).order_by(Subcategory.parent_category, Subcategory.index)
-    q = q.where(Subcategory.run_id == run_id) if run_id is not None else q
-    if parent_category:
-        q = q.where(Subcategory.parent_category == to_slug(parent_category))
-    subs = list(session.scalars(q))
-    tree: dict[str, list[int]] = {}
-    for sc in subs:
-        tree.setdefault(sc.parent_category or "none", []).append(sc.id)
-    return SubcategoryTree(run_id=run_id, subcategories=[SubcategoryRead.model_validate(sc) for sc in subs],
-                           tree=tree, categories=list(SLUGS))
+NAME_JACCARD = 0.5  # a re-run's subcategory keeps a curator's name when its members overlap this much
 
 
-def subcategory_detail(session: Session, sub_id: int, limit: int = 50, cursor: int | None = None) -> SubcategoryDetail:
-    sc = session.get(Subcategory, sub_id)
-    if sc is None:
-        raise NotFound(f"subcategory {sub_id} not found")
-    if not 1 <= limit <= 500:
-        raise BadParams("limit must be 1–500")
-    q = select(Image.id, Image.filename, Image.category, Image.pixel_size_nm).where(
-        Image.subcategory_id == sub_id).order_by(Image.id).limit(limit + 1)
-    if cursor is not None:
-        q = q.where(Image.id > cursor)
-    rows = session.execute(q).all()
-    members = [SubcategoryMember(id=i, filename=f, category=c, pixel_size_nm=px) for i, f, c, px in rows[:limit]]
-    return SubcategoryDetail(**SubcategoryRead.model_validate(sc).model_dump(exclude={"parent_category_name"}),
-                             members=members, next_cursor=members[-1].id if len(rows) > limit else None)
+def named_memberships(session: Session) -> dict[int, set[int]]:
+    """Members of every subcategory that a curator named and that images point to now (the current tree)."""
+    rows = session.execute(select(Image.subcategory_id, Image.id)
+                           .join(Subcategory, Subcategory.id == Image.subcategory_id)
+                           .where(Subcategory.named_by.is_not(None))).all()
+    out: dict[int, set[int]] = {}
+    for sid, iid in rows:
+        if sid is not None:
+            out.setdefault(sid, set()).add(iid)
+    return out
+
+
+def jaccard(a: set[int], b: set[int]) -> float:
+    return len(a & b) / len(a | b) if a or b else 0.0
+
+
+def match_names(named: dict[int, set[int]], new: dict[int, set[int]],
+                threshold: float = NAME_JACCARD) -> dict[int, tuple[int, float]]:
+    """new subcategory id → (named old id, Jaccard) for pairs at or above ``threshold``, one to one, the
+    best overlaps first (two new sets can both reach exactly 0.5 with one old set: the first keeps it)."""
+    pairs = sorted(((jaccard(o, n), oid, nid) for oid, o in named.items() for nid, n in new.items()
+                    if o & n), key=lambda t: (-t[0], t[1], t[2]))
+    taken_old: set[int] = set()
+    out: dict[int, tuple[int, float]] = {}
+    for jac, oid, nid in pairs:
+        if jac >= threshold and oid not in taken_old and nid not in out:
+            taken_old.add(oid)
+            out[nid] = (oid, jac)
+    return out
 
 
 def clustering_job(ctx: JobContext) -> dict[str, Any]:

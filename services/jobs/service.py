@@ -103,9 +103,7 @@ def _selftest(ctx: JobContext) -> dict[str, Any]:
         ctx.progress((i + 1) / steps, f"step {i + 1}/{steps}")
     with ctx.rt.session() as s:
         s.execute(text("SELECT 1"))
-    probe = ctx.rt.store.tmp / f"selftest-{ctx.job_id}"
-    probe.write_bytes(b"ok")
-    probe.unlink()
+    ctx.rt.store.check()
     return {"steps": steps, "host": socket.gethostname(), "pid": os.getpid(), "database": "ok", "blob_store": "ok"}
 
 

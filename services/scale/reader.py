@@ -15,14 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from services.images.imaging import load_gray
+from services.images.imaging import Decoded, decode_gray
+from services.scale import calibration
 from services.scale.bar_reading import OcrReading, read_ocr
+from services.scale.calibration import calibrate
 from services.scale.metadata import MetaReading, read_metadata
 from services.scale.units import normalise_unit, scale_bin, snap_nice, to_nm
 
 log = logging.getLogger(__name__)
 DISAGREEMENT_LIMIT = 0.05
 DEFAULT_MAX_PIXELS = 150_000_000
+# Images larger than this are read at 1/2, 1/3 … of their size (bar lengths scaled back): their bars and
+# labels are large enough, and the reader's masks and labels stay bounded (about 4 bytes per pixel read).
+WORK_PIXELS = 40_000_000
 
 
 @dataclass
@@ -74,34 +79,53 @@ def _meta_detail(m: MetaReading) -> dict[str, Any]:
 
 def _ocr_detail(o: OcrReading) -> dict[str, Any]:
     return {"scale_value": o.scale_value, "scale_unit": o.scale_unit, "bar_px": o.bar_px,
-            "pixel_size_nm": o.pixel_size_nm, "confidence": o.confidence, "label_text": o.label_text,
-            "reason": o.reason, **o.notes}
+            "pixel_size_nm": o.pixel_size_nm, "confidence": round(calibrate(o.confidence, o.notes.get("path")), 3),
+            "raw_confidence": round(o.confidence, 3), "label_text": o.label_text, "reason": o.reason, **o.notes}
 
 
 def combine(meta: MetaReading | None, o: OcrReading) -> ScaleResult:
+    """The result of the metadata and OCR readings of one image.
+
+    ``confidence`` is the probability that the scale label (value and unit) is right where
+    there is one, else that the pixel size is (see :mod:`services.scale.calibration`): an OCR
+    reading's calibrated score; for metadata, high when the data bar agrees or says nothing,
+    lower when it disagrees, and no more than the measured bar is worth when the label had to
+    be derived from that bar.
+    """
     res = ScaleResult(databar_box=o.databar_box)
     res.fields = {**o.fields, **(meta.fields if meta else {})}
     res.detail = {"ocr": _ocr_detail(o)}
+    # where each field was read: the instrument's metadata, or the data bar's text (OCR)
+    res.detail["fields_from"] = {k: "metadata" if meta and k in meta.fields else "ocr" for k in res.fields}
     if meta is not None:
         res.detail["metadata"] = _meta_detail(meta)
     if meta is not None and meta.pixel_size_nm:
         px = meta.pixel_size_nm
         res.source, res.pixel_size_nm = "metadata", round(px, 6)
-        res.confidence = 0.99
+        res.confidence = calibration.METADATA_AGREES
         res.bar_px = o.bar_px or meta.bar_px
+        disagree = False
         if o.scale_value and o.pixel_size_nm:
             dis = abs(o.pixel_size_nm - px) / px
+            disagree = dis > DISAGREEMENT_LIMIT
             res.detail["disagreement"] = round(dis, 4)
-            res.detail["disagree"] = dis > DISAGREEMENT_LIMIT
-        if o.scale_value and o.pixel_size_nm and not res.detail.get("disagree"):
+            res.detail["disagree"] = disagree
+        if o.scale_value and o.pixel_size_nm and not disagree:
             res.scale_value, res.scale_unit = o.scale_value, o.scale_unit  # label and bar agree with metadata
         elif meta.scale_value:
             res.scale_value, res.scale_unit = meta.scale_value, meta.scale_unit
+            if disagree:
+                res.confidence = calibration.METADATA_LABEL_DISAGREES
         elif res.bar_px:
             snapped = snap_nice(res.bar_px * px)
             if snapped:  # the bar's label, derived from its measured length and the exact pixel size
                 res.scale_value, res.scale_unit = snapped
                 res.detail["label_from"] = "bar length × metadata pixel size"
+                res.confidence = min(calibration.LABEL_FROM_BAR, calibration.METADATA_LABEL_DISAGREES)
+            elif disagree:
+                res.confidence = calibration.METADATA_LABEL_DISAGREES
+        elif disagree:
+            res.confidence = calibration.METADATA_LABEL_DISAGREES
         if res.scale_value is None:
             res.reason = "pixel size from metadata; no scale bar label read"
         return res
@@ -109,7 +133,7 @@ def combine(meta: MetaReading | None, o: OcrReading) -> ScaleResult:
         res.source = "ocr"
         res.scale_value, res.scale_unit = o.scale_value, o.scale_unit
         res.bar_px, res.pixel_size_nm = o.bar_px, (round(o.pixel_size_nm, 6) if o.pixel_size_nm else None)
-        res.confidence = round(o.confidence, 3)
+        res.confidence = round(calibrate(o.confidence, o.notes.get("path")), 3)
         res.reason = o.reason
         if meta is not None and meta.reason:
             res.detail["metadata_rejected"] = meta.reason
@@ -121,18 +145,45 @@ def combine(meta: MetaReading | None, o: OcrReading) -> ScaleResult:
     return res
 
 
+def decode_for_scale(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """The image as the scale reader reads it: full resolution up to :data:`WORK_PIXELS`, reduced above."""
+    return decode_gray(path, max_pixels, max_work_pixels=WORK_PIXELS)
+
+
+def _scaled_back(o: OcrReading, factor: int) -> OcrReading:
+    """A reading made on an image reduced ``factor`` times, in the stored image's pixels."""
+    if factor == 1:
+        return o
+    if o.bar_px:
+        o.bar_px = o.bar_px * factor
+    if o.pixel_size_nm:
+        o.pixel_size_nm = o.pixel_size_nm / factor
+    if o.databar_box:
+        o.databar_box = [int(v) * factor for v in o.databar_box]
+    o.notes = {**o.notes, "read_at_reduction": factor}
+    return o
+
+
 def read_scale(path: Path | str, gray: np.ndarray | None = None, sidecar: Path | str | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> ScaleResult:
-    """Read the scale of one image file (raises ImageRejected only if it cannot be decoded)."""
-    if gray is None:
-        gray = load_gray(path, max_pixels)
-    h, w = gray.shape
+               max_pixels: int = DEFAULT_MAX_PIXELS, decoded: Decoded | None = None) -> ScaleResult:
+    """Read the scale of one image file (raises ImageRejected only if it cannot be decoded).
+
+    ``gray``: the image already decoded at full resolution; ``decoded``: as :func:`decode_for_scale`
+    gives it (possibly reduced). Without either the file is decoded here.
+    """
+    if gray is not None:
+        h, w = gray.shape
+        factor = 1
+    else:
+        if decoded is None:
+            decoded = decode_for_scale(path, max_pixels)
+        gray, factor, w, h = decoded.gray, decoded.factor, decoded.width, decoded.height
     try:
         meta = read_metadata(path, w, h, sidecar)
     except Exception as exc:  # noqa: BLE001  (a broken tag must never stop the OCR path)
         meta = MetaReading("unknown", reason=f"metadata unreadable: {type(exc).__name__}: {exc}")
     try:
-        o = read_ocr(gray)
+        o = _scaled_back(read_ocr(gray), factor)
     except Exception as exc:
         log.exception("OCR failed on %s", path)
         o = OcrReading(reason=f"OCR failed: {type(exc).__name__}: {exc}")

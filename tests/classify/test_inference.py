@@ -254,3 +254,12 @@ def test_activation_during_a_batch_does_not_mix_versions(sqlite_settings, alexne
         versions = {p.image_id: p.model_version for p in s.scalars(select(Prediction))}
     assert [versions[i] for i in ids[:3]] == [v1, v1, v1]  # the batch kept the model it started with
     assert versions[ids[3]] == v2  # the next batch uses the newly active one
+
+
+def test_idle_inference_threads_sleep_unless_spinning_is_asked_for(alexnet_onnx: Path) -> None:
+    """Busy-waiting ONNX Runtime threads took CPU from the ocr workers on shared cores (bench/backfill.py)."""
+    from services.classify.inference import Engine
+
+    key = "session.intra_op.allow_spinning"
+    assert Engine(alexnet_onnx, threads=2).session.get_session_options().get_session_config_entry(key) == "0"
+    assert Engine(alexnet_onnx, threads=2, spin=True).session.get_session_options().get_session_config_entry(key) == "1"
