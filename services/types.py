@@ -15,3 +15,8 @@ def _utc(value: datetime) -> datetime:
 
 # A timestamp as the API shows it: always with its zone (RFC 3339), whichever database stored it.
 UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """A stored timestamp as RFC 3339 text, in UTC (SQLite drops the zone; semtag writes UTC)."""
+    return None if value is None else _utc(value).isoformat()

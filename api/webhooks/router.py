@@ -1,4 +1,4 @@
-"""/v1/webhooks/ingest: the repository tells us about a new file (HMAC-signed)."""
+"""/v1/webhooks/ingest: the repository tells us about a new file (HMAC-signed: X-Semtag-* or Standard Webhooks)."""
 
 from __future__ import annotations
 
@@ -16,18 +16,17 @@ from api.dependencies import RuntimeDep
 from api.errors import documented, error_body
 from api.webhooks.schemas import IngestAccepted, IngestPayload
 from services.access.webhook import (
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
     SignedBody,
+    check_request,
     claim_delivery,
     decode_base64_into,
-    delivery_key,
     fetch_into,
     record_reply,
     release_delivery,
 )
 from services.errors import BadInput, PayloadTooLarge, SemtagError
 from services.images.ingest import ingest_file
+from services.images.schemas import RecordRef
 from services.runtime import Runtime
 from services.storage import BlobWriter
 
@@ -65,16 +64,18 @@ def _ingest(rt: Runtime, payload: IngestPayload) -> IngestAccepted:
         if payload.content_base64 is not None:
             decode_base64_into(payload.content_base64, writer)
         elif payload.url is not None:
-            fetch_into(payload.url, writer, s.webhook_url_allowlist, s.webhook_fetch_timeout_s)
+            token = payload.bearer_token.get_secret_value() if payload.bearer_token is not None else None
+            fetch_into(payload.url, writer, s.webhook_url_allowlist, s.webhook_fetch_timeout_s, bearer_token=token)
         if payload.sidecar_base64:
             sidecar = rt.store.new_writer(1024 * 1024)
             decode_base64_into(payload.sidecar_base64, sidecar)
             sidecar.close()
         filename = payload.filename or (payload.url.rsplit("/", 1)[-1].split("?")[0] if payload.url else None)
-        res = ingest_file(rt, writer, filename, payload.record_id, sidecar)
+        res = ingest_file(rt, writer, filename, payload.record_id, sidecar, payload.record_version)
         return IngestAccepted(id=res.image_id, sha256=res.sha256, filename=res.filename, status=res.status,
-                              duplicate=res.duplicate, record_id=res.record_id,
-                              record_id_kept=res.record_id == payload.record_id)
+                              duplicate=res.duplicate, record_id=res.record_id, record_version=res.record_version,
+                              record_added=res.record_added,
+                              records=[RecordRef(record_id=r, record_version=v) for r, v in res.records or []])
     finally:
         writer.discard()
         if sidecar is not None:
@@ -86,10 +87,13 @@ def _ingest(rt: Runtime, payload: IngestPayload) -> IngestAccepted:
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": IngestPayload.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
 async def ingest_webhook(request: Request, rt: RuntimeDep) -> IngestAccepted | JSONResponse:
-    """The repository's ingest webhook, HMAC-signed (`X-Semtag-Timestamp`, `X-Semtag-Signature`)."""
+    """The repository's ingest webhook, HMAC-signed with the shared secret: `X-Semtag-Timestamp` and
+    `X-Semtag-Signature: sha256=<hex>`, or the Standard Webhooks headers `webhook-id`, `webhook-timestamp` and
+    `webhook-signature: v1,<base64>`. A replay inside the signature window (the same signature, or the same
+    `webhook-id`) gets the first reply with `X-Semtag-Replay: true`."""
     s = rt.settings
-    check = SignedBody(s.webhook_secret, request.headers.get(TIMESTAMP_HEADER), request.headers.get(SIGNATURE_HEADER),
-                       s.webhook_max_skew_s)  # the headers first: a stale or unsigned request reads no body
+    # the headers first: a stale or unsigned request reads no body
+    check, key = check_request(s.webhook_secret, request.headers, s.webhook_max_skew_s)
     # base64 inflates by 4/3; leave room for the JSON around it
     body = await _read_signed_body(request, check, s.max_upload_bytes * 4 // 3 + 64 * 1024)
     try:
@@ -104,7 +108,6 @@ async def ingest_webhook(request: Request, rt: RuntimeDep) -> IngestAccepted | J
     except ValidationError as exc:
         msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
         raise BadInput(msg, "invalid_request") from None
-    key = delivery_key(request.headers.get(SIGNATURE_HEADER, ""))
     first = await run_in_threadpool(claim_delivery, rt, key, s.webhook_max_skew_s, s.webhook_fetch_timeout_s + 60)
     if first is not None:  # a replay inside the window: the first reply, nothing processed again
         return JSONResponse(first[1], status_code=first[0], headers={"X-Semtag-Replay": "true"})

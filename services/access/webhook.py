@@ -1,4 +1,5 @@
-"""The repository's ingest webhook: HMAC-SHA256 signatures, base64 bodies, allow-listed URLs."""
+"""The repository's ingest webhook: HMAC-SHA256 signatures (semtag's own X-Semtag-* headers, or Standard
+Webhooks' webhook-id/-timestamp/-signature), base64 bodies, allow-listed URLs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,6 +37,10 @@ class WebhookDisabled(Unavailable):
 
 SIGNATURE_HEADER = "X-Semtag-Signature"
 TIMESTAMP_HEADER = "X-Semtag-Timestamp"
+# Standard Webhooks (https://www.standardwebhooks.com): accepted alongside semtag's own headers
+STD_ID_HEADER = "webhook-id"
+STD_TIMESTAMP_HEADER = "webhook-timestamp"
+STD_SIGNATURE_HEADER = "webhook-signature"
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -53,16 +59,10 @@ class SignedBody:
         if not secret:
             raise WebhookDisabled("the ingest webhook is disabled: SEMTAG_WEBHOOK_SECRET is not set")
         if not timestamp or not signature:
-            raise Unauthorized(f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header", "missing_signature")
-        if not re.fullmatch(r"\d{1,12}", timestamp.strip()):
-            raise Unauthorized(f"{TIMESTAMP_HEADER} must be Unix seconds", "bad_timestamp")
-        ts = int(timestamp)
-        now = time.time() if now is None else now
-        if abs(now - ts) > max_skew_s:
-            raise Unauthorized(
-                f"signature timestamp is {int(now - ts)} s from now; allowed ±{max_skew_s} s (replay protection)",
-                "stale_signature",
-            )
+            raise Unauthorized(f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header (or the Standard Webhooks "
+                               f"headers {STD_ID_HEADER}, {STD_TIMESTAMP_HEADER}, {STD_SIGNATURE_HEADER})",
+                               "missing_signature")
+        _check_timestamp(timestamp, TIMESTAMP_HEADER, max_skew_s, now)
         self._given = signature.strip().encode("utf-8", "surrogateescape")  # a header may carry any byte
         self._mac = hmac.new(secret.encode(), timestamp.strip().encode() + b".", hashlib.sha256)
 
@@ -72,6 +72,75 @@ class SignedBody:
     def verify(self) -> None:
         if not hmac.compare_digest(("sha256=" + self._mac.hexdigest()).encode(), self._given):
             raise Unauthorized("signature does not match the body", "bad_signature")
+
+
+def _check_timestamp(timestamp: str, header: str, max_skew_s: int, now: float | None) -> None:
+    if not re.fullmatch(r"\d{1,12}", timestamp.strip()):
+        raise Unauthorized(f"{header} must be Unix seconds", "bad_timestamp")
+    ts = int(timestamp.strip())
+    now = time.time() if now is None else now
+    if abs(now - ts) > max_skew_s:
+        raise Unauthorized(
+            f"signature timestamp is {int(now - ts)} s from now; allowed ±{max_skew_s} s (replay protection)",
+            "stale_signature",
+        )
+
+
+def standard_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks signature: a ``whsec_…`` secret is base64 (as the standardwebhooks
+    libraries read it); any other secret is used as its UTF-8 bytes, the same key as the X-Semtag scheme."""
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret.removeprefix("whsec_") + "==")
+    return secret.encode()
+
+
+class StandardSignedBody(SignedBody):
+    """A Standard Webhooks request, checked like :class:`SignedBody`: the headers before the body is read,
+    then ``v1,<base64 HMAC-SHA256(key, id + "." + timestamp + "." + body)>`` as the body streams in (any of the
+    space-separated signatures may match). Hand-written rather than the ``standardwebhooks`` package's
+    ``verify``, which needs the whole body in memory: a webhook body may be hundreds of megabytes."""
+
+    def __init__(self, secret: str | None, msg_id: str | None, timestamp: str | None, signature: str | None,
+                 max_skew_s: int, now: float | None = None) -> None:
+        if not secret:
+            raise WebhookDisabled("the ingest webhook is disabled: SEMTAG_WEBHOOK_SECRET is not set")
+        if not msg_id or not timestamp or not signature:
+            raise Unauthorized(f"Standard Webhooks requests carry {STD_ID_HEADER}, {STD_TIMESTAMP_HEADER} and "
+                               f"{STD_SIGNATURE_HEADER}", "missing_signature")
+        if len(msg_id) > 255 or not msg_id.isascii() or not msg_id.isprintable() or " " in msg_id:
+            raise Unauthorized(f"{STD_ID_HEADER} must be at most 255 printable ASCII characters", "bad_webhook_id")
+        _check_timestamp(timestamp, STD_TIMESTAMP_HEADER, max_skew_s, now)
+        self._candidates = []
+        for part in signature.split():
+            version, _, value = part.partition(",")
+            if version == "v1":
+                try:
+                    self._candidates.append(base64.b64decode(value, validate=True))
+                except (binascii.Error, ValueError):
+                    continue
+        if not self._candidates:
+            raise Unauthorized(f"{STD_SIGNATURE_HEADER} has no v1 signature", "bad_signature")
+        self._mac = hmac.new(standard_key(secret), f"{msg_id}.{timestamp.strip()}.".encode(), hashlib.sha256)
+
+    def verify(self) -> None:
+        digest = self._mac.digest()
+        if not any(hmac.compare_digest(digest, c) for c in self._candidates):
+            raise Unauthorized("signature does not match the body", "bad_signature")
+
+
+def check_request(secret: str | None, headers: Mapping[str, str], max_skew_s: int,
+                  now: float | None = None) -> tuple[SignedBody, str]:
+    """The body check for a webhook request and the key its replays are known by: Standard Webhooks when it
+    carries any of their headers (a replay is the same ``webhook-id``, however often re-signed), semtag's
+    X-Semtag-* otherwise (a replay is the same signature)."""
+    if any(headers.get(h) is not None for h in (STD_ID_HEADER, STD_TIMESTAMP_HEADER, STD_SIGNATURE_HEADER)):
+        msg_id = headers.get(STD_ID_HEADER)
+        check: SignedBody = StandardSignedBody(secret, msg_id, headers.get(STD_TIMESTAMP_HEADER),
+                                               headers.get(STD_SIGNATURE_HEADER), max_skew_s, now)
+        return check, hashlib.sha256(f"{STD_ID_HEADER}:{msg_id}".encode()).hexdigest()
+    signature = headers.get(SIGNATURE_HEADER)
+    check = SignedBody(secret, headers.get(TIMESTAMP_HEADER), signature, max_skew_s, now)
+    return check, delivery_key(signature or "")
 
 
 class ReplayInProgress(Unavailable):
@@ -201,10 +270,11 @@ def _is_internal(address: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
-def check_url_allowed(url: str, allowlist: list[str]) -> FetchTarget:
+def check_url_allowed(url: str, allowlist: list[str], setting: str = "SEMTAG_WEBHOOK_URL_ALLOWLIST") -> FetchTarget:
     """The address to fetch ``url`` from, once its scheme, host and port match an allow-list entry and its
     host resolves to an address that may be reached: a private, loopback or link-local address only when
-    the matching entry names that address itself (e.g. ``10.1.2.3:8443``)."""
+    the matching entry names that address itself (e.g. ``10.1.2.3:8443``). ``setting`` names the allow-list
+    in messages (the ingest webhook's fetches, or the outbound events')."""
     if not url.isascii() or any(c.isspace() or ord(c) < 32 for c in url):
         raise BadInput("url must be an absolute http(s) URL without spaces or control characters", "bad_url")
     try:
@@ -221,10 +291,10 @@ def check_url_allowed(url: str, allowlist: list[str]) -> FetchTarget:
         try:
             entries.append(AllowEntry.parse(text))
         except ValueError:
-            log.warning("ignoring malformed SEMTAG_WEBHOOK_URL_ALLOWLIST entry %r", text)
+            log.warning("ignoring malformed %s entry %r", setting, text)
     entry = next((e for e in entries if e.matches(scheme, host, port)), None)
     if entry is None:
-        raise BadInput(f"{scheme}://{host}:{port} is not on the webhook URL allow-list", "url_not_allowed")
+        raise BadInput(f"{scheme}://{host}:{port} is not on the allow-list ({setting})", "url_not_allowed")
     if entry.address is not None:
         address = entry.address
     else:
@@ -243,15 +313,17 @@ def check_url_allowed(url: str, allowlist: list[str]) -> FetchTarget:
     return FetchTarget(target, host, host_header, address)
 
 
-def fetch_into(url: str, writer: BlobWriter, allowlist: list[str], timeout_s: float) -> None:
+def fetch_into(url: str, writer: BlobWriter, allowlist: list[str], timeout_s: float,
+               bearer_token: str | None = None) -> None:
     """Stream the URL's body into the writer (no redirects: a redirect could leave the allow-list).
 
     ``timeout_s`` bounds the whole exchange, headers included: a host that trickles bytes is cut off
     at the deadline. The fetch connects directly (proxy variables are not used: the connection goes to
-    the address that was checked)."""
+    the address that was checked). ``bearer_token`` (a restricted file) is sent to that host only, in this
+    one request's ``Authorization`` header; it is not kept, and no message or log line carries it."""
     target = check_url_allowed(url, allowlist)
     try:
-        anyio.run(_download, target, writer, timeout_s)
+        anyio.run(_download, target, writer, timeout_s, bearer_token)
     except BlobTooLarge:
         raise
     except (httpx.HTTPError, TimeoutError, OSError) as exc:
@@ -261,13 +333,15 @@ def fetch_into(url: str, writer: BlobWriter, allowlist: list[str], timeout_s: fl
         raise BadInput("the file could not be fetched from the url", "fetch_failed") from None
 
 
-async def _download(target: FetchTarget, writer: BlobWriter, timeout_s: float) -> None:
+async def _download(target: FetchTarget, writer: BlobWriter, timeout_s: float, bearer_token: str | None) -> None:
+    headers = {"Host": target.host_header}
+    if bearer_token is not None:
+        headers["Authorization"] = f"Bearer {bearer_token}"
     with anyio.fail_after(timeout_s):  # the whole download, not each read
         # Connect to the address that was checked (no second DNS lookup to rebind); name the host for
         # HTTP (Host) and TLS (server name and certificate check).
         async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False) as client, \
-                client.stream("GET", target.url, headers={"Host": target.host_header},
-                              extensions={"sni_hostname": target.host}) as resp:
+                client.stream("GET", target.url, headers=headers, extensions={"sni_hostname": target.host}) as resp:
             if resp.status_code != 200:
                 raise BadInput(f"fetching the url returned HTTP {resp.status_code}", "fetch_failed")
             async for chunk in resp.aiter_bytes():

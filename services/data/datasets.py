@@ -111,7 +111,8 @@ def scan_folder(root: Path | str) -> list[Item]:
 
 
 def labelled_from_db(session, store) -> list[Item]:  # noqa: ANN001
-    """The latest human label of every labelled image, as items with absolute blob paths."""
+    """The latest human label of every labelled image, as items with absolute paths of local copies
+    (the blobs themselves in a local store; for S3, files kept under the store's root)."""
     from sqlalchemy import func, select
 
     from services.tables import HumanLabel, Image
@@ -122,7 +123,7 @@ def labelled_from_db(session, store) -> list[Item]:  # noqa: ANN001
         .join(latest, latest.c.image_id == Image.id).join(HumanLabel, HumanLabel.id == latest.c.lid)
         .order_by(Image.id)
     ).all()
-    return [Item(str(store.local_path(key)), index_of(cat), image_id=iid) for iid, key, cat in rows]
+    return [Item(str(store.local_copy(key)), index_of(cat), image_id=iid) for iid, key, cat in rows]
 
 
 def dhash(gray: np.ndarray) -> int:

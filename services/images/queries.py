@@ -9,24 +9,39 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import desc, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import desc, exists, func, select
+from sqlalchemy.orm import Session, selectinload
 
 from services.classify import registry
 from services.data.categories import to_slug
 from services.errors import BadInput, NotFound
-from services.images.schemas import ImageDetail
-from services.scale.units import bin_edges_nm, parse_length, to_nm
-from services.tables import HumanLabel, Image, ImageStatus, Prediction, ScaleReading, Subcategory
+from services.images.schemas import MAX_LOOKUP, ImageDetail, KnownImage, LookupResponse, RecordRef
+from services.scale.units import bin_edges_nm, parse_length, range_conditions, to_nm
+from services.tables import (
+    HumanLabel,
+    HumanScale,
+    Image,
+    ImageRecord,
+    ImageStatus,
+    Prediction,
+    ScaleReading,
+    Subcategory,
+)
 
 MAX_PAGE = 500
 
 
 def image_detail(session: Session, image_id: int) -> ImageDetail:
     """The image's row with its scale reading, the prediction it shows, its latest label and subcategory."""
-    img = session.get(Image, image_id)
+    img = session.get(Image, image_id, options=[selectinload(Image.records)])
     if img is None:
         raise NotFound(f"image {image_id} not found")
+    return detail_of(session, img)
+
+
+def detail_of(session: Session, img: Image) -> ImageDetail:
+    """:func:`image_detail` for a row already read (with its records loaded)."""
+    image_id = img.id
     scale = session.scalar(select(ScaleReading).where(ScaleReading.image_id == image_id))
     # The active model's prediction when there is one, else the latest of any model.
     active = registry.active(session)
@@ -42,7 +57,9 @@ def image_detail(session: Session, image_id: int) -> ImageDetail:
         select(HumanLabel).where(HumanLabel.image_id == image_id).order_by(desc(HumanLabel.id)).limit(1)
     )
     sub = session.get(Subcategory, img.subcategory_id) if img.subcategory_id else None
-    return ImageDetail(img, scale, pred, label, sub)
+    human_scale = session.scalar(
+        select(HumanScale).where(HumanScale.image_id == image_id).order_by(desc(HumanScale.id)).limit(1))
+    return ImageDetail(img, scale, pred, label, sub, human_scale)
 
 
 @dataclass
@@ -53,7 +70,8 @@ class ImageFilter:
     pixel_size_max_nm: float | None = None
     min_confidence: float | None = None
     status: str | None = None
-    record_id: str | None = None
+    record_id: str | None = None       # matches an image through any of its records
+    record_version: str | None = None  # with record_id: that version of the record only
     scale_bin: str | None = None  # e.g. '1 µm–2 µm' (or '1um-2um'): a 1-2-5 bin of scale-bar length
     scale_min_nm: float | None = None
     scale_max_nm: float | None = None
@@ -72,6 +90,8 @@ class ImageFilter:
         if (self.pixel_size_min_nm is not None and self.pixel_size_max_nm is not None
                 and self.pixel_size_min_nm > self.pixel_size_max_nm):
             raise BadInput("pixel_size_min_nm is larger than pixel_size_max_nm", "bad_filter")
+        if self.record_version is not None and self.record_id is None:
+            raise BadInput("record_version needs record_id", "bad_filter")
         if self.min_confidence is not None and not (math.isfinite(self.min_confidence)
                                                     and 0.0 <= self.min_confidence <= 1.0):
             raise BadInput("min_confidence must be between 0 and 1", "bad_filter")
@@ -90,14 +110,14 @@ class ImageFilter:
         if self.status is not None:
             stmt = stmt.where(Image.status == self.status)
         if self.record_id is not None:
-            stmt = stmt.where(Image.record_id == self.record_id)
+            link = (ImageRecord.image_id == Image.id) & (ImageRecord.record_id == self.record_id)
+            if self.record_version is not None:
+                link = link & (ImageRecord.record_version == self.record_version)
+            stmt = stmt.where(exists().where(link))
         if self.scale_bin is not None:
-            lo, hi = self._bin_range
-            stmt = stmt.where(Image.scale_nm >= lo, Image.scale_nm < hi)
-        if self.scale_min_nm is not None:
-            stmt = stmt.where(Image.scale_nm >= self.scale_min_nm)
-        if self.scale_max_nm is not None:
-            stmt = stmt.where(Image.scale_nm <= self.scale_max_nm)
+            stmt = stmt.where(*range_conditions(Image.scale_nm, *self._bin_range))
+        if self.scale_min_nm is not None or self.scale_max_nm is not None:  # [min, max), as the bins
+            stmt = stmt.where(*range_conditions(Image.scale_nm, self.scale_min_nm, self.scale_max_nm))
         return stmt
 
 
@@ -142,7 +162,7 @@ def list_images(session: Session, flt: ImageFilter, limit: int = 50, cursor: str
     """Keyset pagination by ascending id: stable while images are added."""
     if not 1 <= limit <= MAX_PAGE:
         raise BadInput(f"limit must be between 1 and {MAX_PAGE}", "bad_limit")
-    stmt = flt.apply(select(Image))
+    stmt = flt.apply(select(Image).options(selectinload(Image.records)))
     if cursor:
         stmt = stmt.where(Image.id > decode_cursor(cursor))
     rows = session.scalars(stmt.order_by(Image.id).limit(limit + 1)).all()
@@ -156,3 +176,19 @@ def count_by_status(session: Session) -> dict[str, int]:
     for status, n in session.execute(select(Image.status, func.count()).group_by(Image.status)):
         counts[status] = n
     return counts
+
+
+def known_images(session: Session, sha256s: list[str]) -> LookupResponse:
+    """Which of these digests semtag stores, with each image's records: a backfill asks before it sends
+    (``POST /v1/images/lookup`` and ``semtag ingest`` in local mode both answer through here)."""
+    wanted = list(dict.fromkeys(s.lower() for s in sha256s))
+    if not 1 <= len(wanted) <= MAX_LOOKUP:
+        raise BadInput(f"ask about 1–{MAX_LOOKUP} digests at a time", "bad_lookup")
+    rows = session.scalars(select(Image).where(Image.sha256.in_(wanted))
+                           .options(selectinload(Image.records))).all()
+    by_sha = {img.sha256: img for img in rows}
+    known = [KnownImage(sha256=sha, id=img.id, filename=img.filename, status=img.status,
+                        has_sidecar=img.sidecar_key is not None,
+                        records=[RecordRef.model_validate(r) for r in img.records])
+             for sha in wanted if (img := by_sha.get(sha)) is not None]
+    return LookupResponse(known=known, unknown=[sha for sha in wanted if sha not in by_sha])

@@ -106,8 +106,51 @@ def read_zeiss(tag: dict, width: int) -> MetaReading:
         f["date"] = str(tag["ap_date"][1])
     if "sv_serial_number" in tag:
         f["instrument"] = str(tag["sv_serial_number"][1])
+    _zeiss_acquisition(tag, f)
     f["vendor"] = "Zeiss"
     return _finish(r, width)
+
+
+# Units of Zeiss values converted to the ones the fields carry.
+_PA = {"pa": 1.0, "mbar": 100.0, "hpa": 100.0, "torr": 133.322}
+_NA = {"pa": 1e-3, "na": 1.0, "µa": 1e3, "ua": 1e3, "ma": 1e6, "a": 1e9}
+_NS = {"ns": 1.0, "µs": 1e3, "us": 1e3, "ms": 1e6, "s": 1e9}
+
+
+def _zeiss_value(tag: dict, key: str, units: dict[str, float] | None = None) -> float | None:
+    """('Stage at T', 0.0, '°') -> 0.0; with ``units``, converted by the factor of the recorded unit."""
+    try:
+        entry = tag[key]
+        v = float(entry[1])
+        if not math.isfinite(v):
+            return None
+        if units is None:
+            return v
+        return v * units[str(entry[2]).strip().lower()]
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def _set(f: dict[str, Any], name: str, value: Any, digits: int = 6) -> None:
+    if value is None or value == "":
+        return
+    f[name] = round(value, digits) if isinstance(value, float) else value
+
+
+def _zeiss_acquisition(tag: dict, f: dict[str, Any]) -> None:
+    """Chamber pressure, stage position and tilt, probe current, dwell time, operator, software, time."""
+    _set(f, "chamber_pressure_pa", _zeiss_value(tag, "ap_system_vac", _PA), 12)
+    _set(f, "tilt_deg", _zeiss_value(tag, "ap_stage_at_t"))
+    for axis in "xyz":
+        _set(f, f"stage_{axis}_mm", _zeiss_value(tag, f"ap_stage_at_{axis}", {"mm": 1.0, "µm": 1e-3, "um": 1e-3}))
+    _set(f, "beam_current_na", _zeiss_value(tag, "ap_iprobe", _NA), 9)
+    _set(f, "dwell_time_ns", _zeiss_value(tag, "dp_dwell_time", _NS))
+    for ours, theirs in (("operator", "sv_user_name"), ("software", "sv_version"), ("time", "ap_time"),
+                         ("model", "dp_sem")):
+        try:
+            _set(f, ours, str(tag[theirs][1]).strip())
+        except (KeyError, IndexError, TypeError):
+            pass
 
 
 def _copy_text(fields: dict[str, Any], kv: dict[str, str], names: dict[str, str]) -> None:
@@ -168,9 +211,37 @@ def read_fei(meta: dict, width: int) -> MetaReading:
     system = meta.get("System") or {}
     if isinstance(system, dict) and system.get("SystemType"):
         f["instrument"] = str(system["SystemType"])
+    _fei_acquisition(meta, f)
     f["vendor"] = "FEI/Thermo"
     # field width refers to the scan resolution (ResolutionX), which excludes the data bar
     return _finish(r, int(res_x) if res_x else width)
+
+
+def _section(meta: dict, name: str) -> dict:
+    sec = meta.get(name)
+    return sec if isinstance(sec, dict) else {}
+
+
+def _times(v: float | None, factor: float) -> float | None:
+    return None if v is None else v * factor
+
+
+def _fei_acquisition(meta: dict, f: dict[str, Any]) -> None:
+    """[Vacuum] ChPressure (Pa), [Stage] StageT (radians) and StageX/Y/Z (m), [EBeam] BeamCurrent (A),
+    [EScan] Dwell (s), [System] Software, [User] User and Time."""
+    stage, ebeam, escan = _section(meta, "Stage"), _section(meta, "EBeam"), _section(meta, "EScan")
+    _set(f, "chamber_pressure_pa", _num(_section(meta, "Vacuum"), "ChPressure"), 12)
+    tilt = _num(stage, "StageT")
+    _set(f, "tilt_deg", None if tilt is None else math.degrees(tilt))
+    for axis in "XYZ":
+        _set(f, f"stage_{axis.lower()}_mm", _times(_num(stage, f"Stage{axis}"), 1e3))
+    _set(f, "beam_current_na", _times(_num(ebeam, "BeamCurrent"), 1e9), 9)
+    _set(f, "dwell_time_ns", _times(_num(escan, "Dwell") or _num(_section(meta, "Scan"), "Dwelltime"), 1e9))
+    user, system = _section(meta, "User"), _section(meta, "System")
+    for ours, sec, key in (("operator", user, "User"), ("time", user, "Time"), ("software", system, "Software"),
+                           ("model", system, "SystemType")):
+        if sec.get(key) not in (None, ""):
+            f[ours] = str(sec[key]).strip()
 
 
 # ---- TESCAN ------------------------------------------------------------------------------
@@ -205,7 +276,15 @@ def read_tescan(raw: bytes | str, width: int) -> MetaReading:
     mag = _num(kv, "Magnification")
     if mag:
         f["mag"] = f"{mag:.4g} x"
-    _copy_text(f, kv, {"detector": "Detector", "date": "Date", "instrument": "Device"})
+    _copy_text(f, kv, {"detector": "Detector", "date": "Date", "instrument": "Device", "time": "Time",
+                       "software": "SoftwareVersion", "model": "DeviceModel"})
+    _set(f, "operator", kv.get("FullUserName") or kv.get("UserName"))
+    _set(f, "chamber_pressure_pa", _num(kv, "ChamberPressure"), 12)
+    _set(f, "tilt_deg", _num(kv, "StageTilt"))
+    for axis in "XYZ":
+        _set(f, f"stage_{axis.lower()}_mm", _times(_num(kv, f"Stage{axis}"), 1e3))
+    _set(f, "beam_current_na", _times(_num(kv, "BeamCurrent"), 1e9), 9)
+    _set(f, "dwell_time_ns", _times(_num(kv, "DwellTime"), 1e9))
     f["vendor"] = "TESCAN"
     return _finish(r, width)
 
@@ -268,7 +347,9 @@ def read_hitachi(kv: dict[str, str], width: int, height: int) -> MetaReading:
         f["wd_mm"] = round(to_nm(float(m.group(1)), m.group(2)) / 1e6, 4)
     if kv.get("Magnification"):
         f["mag"] = f"x{kv['Magnification']}"
-    _copy_text(f, kv, {"detector": "SignalName", "date": "Date", "instrument": "InstructName"})
+    _copy_text(f, kv, {"detector": "SignalName", "date": "Date", "instrument": "InstructName", "time": "Time",
+                       "software": "SemVersion"})
+    _set(f, "tilt_deg", _num(kv, "StagePositionT"))
     f["vendor"] = "Hitachi"
     return _finish(r, width)
 

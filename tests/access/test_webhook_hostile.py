@@ -54,13 +54,23 @@ def test_fetch_failures_do_not_map_ports(wh: Client) -> None:
     assert message == "the file could not be fetched from the url" and str(closed) not in message
 
 
-def test_known_bytes_under_another_record_are_reported_truthfully(wh: Client) -> None:
+def test_known_bytes_under_another_record_are_added_to_it_and_reported_truthfully(wh: Client) -> None:
     content = base64.b64encode(imagegen.png(seed=5)).decode()
     first = post(wh, json.dumps({"record_id": "rec-A", "content_base64": content}).encode()).json()
-    again = post(wh, json.dumps({"record_id": "rec-B", "content_base64": content}).encode()).json()
+    assert first["record_added"] is True and first["duplicate"] is False
+    again = post(wh, json.dumps({"record_id": "rec-B", "record_version": "2", "content_base64": content}).encode())
+    again = again.json()
     assert again["id"] == first["id"] and again["duplicate"] is True
-    assert again["record_id"] == "rec-A" and again["record_id_kept"] is False
-    assert wh.get(f"/v1/images/{first['id']}").json()["record_id"] == "rec-A"
+    assert (again["record_id"], again["record_version"], again["record_added"]) == ("rec-B", "2", True)
+    assert [(r["record_id"], r["record_version"]) for r in again["records"]] == [("rec-A", None), ("rec-B", "2")]
+    same = post(wh, json.dumps({"record_id": "rec-B", "record_version": "2", "content_base64": content,
+                                "filename": "x.png"}).encode()).json()  # another body: not a replay
+    assert same["record_added"] is False and len(same["records"]) == 2
+    img = wh.get(f"/v1/images/{first['id']}").json()
+    assert img["record_id"] == "rec-A" and [r["record_id"] for r in img["records"]] == ["rec-A", "rec-B"]
+    for rec in ("rec-A", "rec-B"):
+        assert [i["id"] for i in wh.get("/v1/images", params={"record_id": rec}).json()["items"]] == [first["id"]]
+    assert wh.get("/v1/images", params={"record_id": "rec-B", "record_version": "1"}).json()["items"] == []
 
 
 def test_fetch_timeout_bounds_the_whole_download(tmp_path) -> None:

@@ -140,7 +140,7 @@ def test_temperature_scaling_and_ece() -> None:
         evaluation.fit_temperature(np.full((3, 10), np.nan), np.zeros(3, int))
 
 
-def test_model_inputs_may_decode_jpeg_at_reduced_scale(tmp_path: Path) -> None:
+def test_model_inputs_are_decoded_at_reduced_scale(tmp_path: Path) -> None:
     from services.images.imaging import load_gray
     from services.images.preprocess import prepare
 
@@ -149,7 +149,8 @@ def test_model_inputs_may_decode_jpeg_at_reduced_scale(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "a.png"), img)
     assert load_gray(tmp_path / "a.jpg", 10**9).shape == (768, 1024)  # scale reading: full resolution
     assert load_gray(tmp_path / "a.jpg", 10**9, min_side=299).shape == (384, 512)  # still ≥ 299 both ways
-    assert load_gray(tmp_path / "a.png", 10**9, min_side=299).shape == (768, 1024)
+    assert load_gray(tmp_path / "a.png", 10**9, min_side=299).shape == (384, 512)  # PNG: decoded, then reduced
+    assert load_gray(tmp_path / "a.png", 10**9).shape == (768, 1024)
     pp = Preprocessing(input_size=299)
     fast, full = prepare(tmp_path / "a.jpg", pp), prepare(tmp_path / "a.png", pp)
     assert fast.shape == full.shape and np.abs(fast - full).mean() < 0.03  # the same picture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from services.tables import Image, ScaleReading
+from services.tables import Image, ImageRecord, ScaleReading
 from tests import imagegen
 
 
@@ -80,7 +80,7 @@ def test_search_filters_and_keyset_pagination(client):
             img.category = "particles" if n % 2 == 0 else "fibres"
             img.confidence = 0.5 + n * 0.07
             img.pixel_size_nm = 1.0 * (n + 1)
-            img.record_id = "r-even" if n % 2 == 0 else "r-odd"
+            s.add(ImageRecord(image_id=image_id, record_id="r-even" if n % 2 == 0 else "r-odd"))
     got, cursor = [], None
     while True:
         page = client.get("/v1/images", params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
