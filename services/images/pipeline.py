@@ -9,32 +9,47 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import object_session
 
 from services.classify import registry
-from services.images.imaging import ImageRejected, load_gray
+from services.events import outbox as events
+from services.images.imaging import ImageRejected, release_memory
 from services.images.ingest import enqueue_processing
 from services.runtime import TASK_CLASSIFY, TASK_READ_SCALE, Runtime
-from services.tables import Image, ImageStatus, ModelVersion, Prediction, ScaleReading, StepState, utcnow
+from services.tables import HumanScale, Image, ImageStatus, ModelVersion, Prediction, ScaleReading, StepState, utcnow
+from services.types import iso_utc
 
 log = logging.getLogger(__name__)
 
 
 def refresh_status(img: Image) -> None:
-    """Overall status from the step states."""
+    """Overall status from the step states. Callers that change a step hold the image's row lock
+    (:func:`_locked`), so two steps finishing at once cannot both see the other still pending."""
     if img.status == ImageStatus.failed.value:
         return
     if img.scale_state != StepState.pending.value and img.inference_state != StepState.pending.value:
+        became_done = img.status != ImageStatus.done.value
         img.status = ImageStatus.done.value
+        session = object_session(img)
+        if became_done and session is not None:  # in the transaction that records it (a detached row changes nothing)
+            events.image_processed(session, img)
     else:
         img.status = ImageStatus.processing.value
 
 
+def _locked(s, image_id: int) -> Image | None:  # noqa: ANN001
+    """The image row, locked for this transaction (SELECT … FOR UPDATE on PostgreSQL; SQLite serialises
+    writers anyway): the scale and inference workers update the same row."""
+    return s.get(Image, image_id, with_for_update=True)
+
+
 def fail_image(rt: Runtime, image_id: int, reason: str) -> None:
     with rt.session() as s:
-        img = s.get(Image, image_id)
+        img = _locked(s, image_id)
         if img is None:
             return
         img.status = ImageStatus.failed.value
@@ -59,33 +74,64 @@ def _begin(rt: Runtime, image_id: int, state_attr: str) -> Image | None:
 
 def read_scale(rt: Runtime, image_id: int) -> str:
     """Decode the image, read its scale (metadata, then OCR) and store the reading."""
-    from services.scale import read_scale as read_scale_of_file
-
     img = _begin(rt, image_id, "scale_state")
     if img is None:
         return "skipped"
-    path = rt.store.local_path(img.storage_key)
-    sidecar = rt.store.local_path(img.sidecar_key) if img.sidecar_key else None
+    # on local disk (the blob store's own, or its cache) while the step runs; a missing one fails to decode
     try:
-        gray = load_gray(path, rt.settings.max_pixels)
+        with rt.store.local_files([img.storage_key, img.sidecar_key], missing_ok=True) as (path, sidecar):
+            assert path is not None
+            return _read_scale_of(rt, image_id, path, sidecar)
+    finally:
+        release_memory()  # the decoded image and the reader's masks are freed: return the pages too
+
+
+def _read_scale_of(rt: Runtime, image_id: int, path: Path, sidecar: Path | None) -> str:
+    from services.scale import read_scale as read_scale_of_file
+    from services.scale.reader import decode_for_scale
+
+    try:
+        decoded = decode_for_scale(path, rt.settings.max_pixels)
     except (ImageRejected, OSError) as exc:
         reason = exc.message if isinstance(exc, ImageRejected) else str(exc)
         fail_image(rt, image_id, f"decode failed: {reason}")
         return "failed"
-    result = read_scale_of_file(path, gray=gray, sidecar=sidecar, max_pixels=rt.settings.max_pixels)
+    result = read_scale_of_file(path, decoded=decoded, sidecar=sidecar, max_pixels=rt.settings.max_pixels)
+    del decoded
     try:
         with rt.session() as s:
-            img = s.get(Image, image_id)
+            img = _locked(s, image_id)
             if img is None or img.scale_state != StepState.pending.value:
                 return "skipped"
-            s.add(ScaleReading(image_id=image_id, **result.row()))
-            img.pixel_size_nm = result.pixel_size_nm
-            img.scale_nm = result.scale_nm
+            _store_reading(s, image_id, result.row())  # a re-read (reprocess) replaces the reading in place
+            if s.scalar(select(HumanScale.id).where(HumanScale.image_id == image_id).limit(1)) is None:
+                img.pixel_size_nm = result.pixel_size_nm  # a curator's reading, made meanwhile, stays the scale
+                img.scale_nm = result.scale_nm
             img.scale_state = StepState.done.value
             refresh_status(img)
     except IntegrityError:  # a concurrent run of the same step stored it first
         return "skipped"
     return result.source
+
+
+# What a re-read keeps of the reading it replaces (in the new reading's ``detail.previous``).
+_PREVIOUS = ("source", "scale_value", "scale_unit", "bar_px", "pixel_size_nm", "confidence")
+
+
+def _store_reading(s, image_id: int, row: dict) -> None:  # noqa: ANN001
+    """The image's machine reading: one row per image, so a re-read (a reprocess job) replaces it in place,
+    its ``created_at`` the time of the re-read and what it replaced summarised in ``detail.previous``.
+    A curator's reading is not a machine reading and is never touched here."""
+    old = s.scalar(select(ScaleReading).where(ScaleReading.image_id == image_id))
+    if old is None:
+        s.add(ScaleReading(image_id=image_id, **row))
+        return
+    previous = {k: getattr(old, k) for k in _PREVIOUS}
+    previous["read_at"] = iso_utc(old.created_at)
+    for k, v in row.items():
+        setattr(old, k, v)
+    old.detail = {**(row.get("detail") or {}), "previous": previous}
+    old.created_at = utcnow()
 
 
 def active_model(rt: Runtime, task: str = "classification") -> ModelVersion | None:
@@ -102,10 +148,14 @@ def _engine(rt: Runtime, model: ModelVersion):  # noqa: ANN202
     from services.classify import inference
 
     st = rt.settings
-    sizes = sorted({1, st.inference_batch_size}) if st.inference_warmup else []
+    # embedded mode runs each image as a batch of one: warming up the configured batch there would only cost
+    # its activations' memory once
+    batch = 1 if st.embedded_tasks else st.inference_batch_size
+    sizes = sorted({1, batch}) if st.inference_warmup else []
     return inference.engine_for(model.file_path, model.file_sha256, loader=lambda: inference.Engine(
         model.file_path, threads=st.inference_threads, warmup=sizes,
-        review_threshold=st.review_confidence_threshold, max_pixels=st.max_pixels))
+        review_threshold=st.review_confidence_threshold, max_pixels=st.max_pixels,
+        memory_arena=st.inference_memory_arena, spin=st.inference_spin))
 
 
 def warm_engine(rt: Runtime) -> str | None:
@@ -120,8 +170,8 @@ def warm_engine(rt: Runtime) -> str | None:
 def _store_predictions(rt: Runtime, model: ModelVersion, done: list) -> dict[int, str]:
     out = {}
     with rt.session() as s:
-        for iid, res in done:
-            img = s.get(Image, iid)
+        for iid, res in sorted(done, key=lambda d: d[0]):  # locks taken in id order: no deadlock between batches
+            img = _locked(s, iid)
             if img is None or img.inference_state != StepState.pending.value:
                 out[iid] = "skipped"
                 continue
@@ -147,10 +197,10 @@ def classify_batch(rt: Runtime, image_ids: list[int]) -> dict[int, str]:
     """
     out: dict[int, str] = {}
     model = active_model(rt)
-    todo: list[tuple[int, object]] = []
+    todo: list[tuple[int, str]] = []
     with rt.session() as s:
-        for iid in dict.fromkeys(image_ids):
-            img = s.get(Image, iid)
+        for iid in sorted(set(image_ids)):  # locked in id order, as _store_predictions does: no deadlock
+            img = _locked(s, iid)  # 'no_model' and 'processing' are written beside the scale step's result
             if img is None or img.status == ImageStatus.failed.value or img.inference_state != StepState.pending.value:
                 out[iid] = "skipped"
                 continue
@@ -161,11 +211,13 @@ def classify_batch(rt: Runtime, image_ids: list[int]) -> dict[int, str]:
                 continue
             if img.status == ImageStatus.pending.value:
                 img.status = ImageStatus.processing.value
-            todo.append((iid, rt.store.local_path(img.storage_key)))
+            todo.append((iid, img.storage_key))
     if not todo or model is None:
         return out
     engine = _engine(rt, model)
-    results = list(engine.classify_paths([p for _, p in todo], batch_size=max(1, rt.settings.inference_batch_size)))
+    with rt.store.local_files([k for _, k in todo], missing_ok=True) as paths:  # a missing blob fails alone
+        results = list(engine.classify_paths(paths, batch_size=max(1, rt.settings.inference_batch_size)))
+    release_memory()  # the batch's decoded images and activations are freed: return the pages too
     failed = [(iid, err or "cannot be decoded") for (iid, _), (_, res, err) in zip(todo, results) if res is None]
     done = [(iid, res) for (iid, _), (_, res, _) in zip(todo, results) if res is not None]
     try:
