@@ -52,7 +52,7 @@ def job_request_schema() -> dict[str, Any]:
     return TypeAdapter(union).json_schema(ref_template="#/components/schemas/{model}")
 
 
-def _job_read(job: Job) -> JobRead:
+def job_read(job: Job) -> JobRead:
     read = JobRead.model_validate(job)
     if job.kind in REPORT_KINDS and job.status == "succeeded" and (job.result or {}).get("report"):
         read.report_url = f"/v1/admin/jobs/{job.id}/report/"
@@ -64,7 +64,7 @@ def _job_read(job: Job) -> JobRead:
 async def submit_job(req: JobSubmission, rt: RuntimeDep, who: Admin) -> JobRead:
     """Queue a batch job on the batch queue; poll `GET /v1/admin/jobs/{id}` for progress."""
     job = await run_in_threadpool(create_job, rt, req.kind, req.params, who.name)
-    return _job_read(job)
+    return job_read(job)
 
 
 @router.get("/jobs", response_model=JobPage, responses=documented(*AUTH_ERRORS, 422))
@@ -72,21 +72,21 @@ def read_jobs(rt: RuntimeDep, _who: Admin, status: str | None = None, kind: str 
               limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: IdQuery = None) -> JobPage:
     """Jobs, newest first, optionally of one status or kind."""
     rows, next_cursor = list_jobs(rt, status, kind, limit, cursor)
-    return JobPage(items=[_job_read(j) for j in rows], next_cursor=next_cursor)
+    return JobPage(items=[job_read(j) for j in rows], next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead, responses=documented(*AUTH_ERRORS, 404))
 def read_job(job_id: IdPath, rt: RuntimeDep, _who: Admin) -> JobRead:
-    return _job_read(get_job(rt, job_id))
+    return job_read(get_job(rt, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobRead, responses=documented(*AUTH_ERRORS, 404, 409))
 def cancel(job_id: IdPath, rt: RuntimeDep, _who: Admin) -> JobRead:
     """Cancel a queued or running job (a running one stops at its next progress report); 409 when finished."""
-    return _job_read(cancel_job(rt, job_id))
+    return job_read(cancel_job(rt, job_id))
 
 
-def _report_file(rt: RuntimeDep, job_id: int, name: str) -> Path:
+def report_file(rt: RuntimeDep, job_id: int, name: str) -> Path:
     job = get_job(rt, job_id)
     report = (job.result or {}).get("report") if job.kind in REPORT_KINDS else None
     if not report:
@@ -103,7 +103,7 @@ def _report_file(rt: RuntimeDep, job_id: int, name: str) -> Path:
                        **documented(*AUTH_ERRORS, 404)})
 def read_report(job_id: IdPath, rt: RuntimeDep, _who: Admin) -> FileResponse:
     """The HTML report of a finished clustering job (its figures are served beside it)."""
-    return FileResponse(_report_file(rt, job_id, "report.html"), media_type="text/html")
+    return FileResponse(report_file(rt, job_id, "report.html"), media_type="text/html")
 
 
 @router.get("/jobs/{job_id}/report/{name}", response_class=FileResponse,
@@ -111,7 +111,7 @@ def read_report(job_id: IdPath, rt: RuntimeDep, _who: Admin) -> FileResponse:
                        **documented(*AUTH_ERRORS, 404)})
 def read_report_file(job_id: IdPath, name: str, rt: RuntimeDep, _who: Admin) -> FileResponse:
     """A figure (or analysis.json) of the job's report."""
-    return FileResponse(_report_file(rt, job_id, name))
+    return FileResponse(report_file(rt, job_id, name))
 
 
 @router.get("/job-kinds", response_model=dict[str, str], responses=documented(*AUTH_ERRORS))

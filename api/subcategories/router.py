@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Query
 
 from api.dependencies import IdPath, IdQuery, Principal, SessionDep, require
 from api.errors import AUTH_ERRORS, documented
-from services.clustering.schemas import SubcategoryDetail, SubcategoryTree
-from services.clustering.subcategories import list_subcategories, subcategory_detail
+from services.clustering.schemas import RenameRequest, SubcategoryDetail, SubcategoryRead, SubcategoryTree
+from services.clustering.tree import list_subcategories, rename_subcategory, subcategory_detail
 
 router = APIRouter(prefix="/v1/subcategories", tags=["subcategories"])
 
@@ -28,3 +28,11 @@ def read_subcategory(sub_id: IdPath, session: SessionDep, _who: Reader,
                      limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: IdQuery = None) -> SubcategoryDetail:
     """One subcategory with a page of its member images."""
     return subcategory_detail(session, sub_id, limit, cursor)
+
+
+@router.put("/{sub_id}/name", response_model=SubcategoryRead, responses=documented(*AUTH_ERRORS, 404, 422))
+def put_name(sub_id: IdPath, body: RenameRequest, session: SessionDep,
+             who: Annotated[Principal, Depends(require("label"))]) -> SubcategoryRead:
+    """Rename a subcategory (curator); a later clustering run keeps the name for the subcategory whose
+    members mostly match (Jaccard >= 0.5)."""
+    return SubcategoryRead.model_validate(rename_subcategory(session, sub_id, body.name, who.label))
