@@ -120,6 +120,13 @@ class DatabaseUnavailable(Unavailable):
     code = "database_unavailable"
 
 
+class BlobStoreUnavailable(Unavailable):
+    """The object store cannot be reached or refuses the request (credentials, bucket): what was committed
+    stays, and a retry is safe."""
+
+    code = "blob_store_unavailable"
+
+
 class MissingExtra(Unavailable):
     """A feature needs packages this installation leaves out (the slim serving install)."""
 
@@ -151,10 +158,11 @@ def parse_params(model: type[M], data: Any, what: str) -> M:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is an outage (the database or the queue) rather than a fault of the work itself:
-    worth retrying later, never a reason to fail an image."""
+    """Whether ``exc`` is an outage (the database, the queue, the object store) rather than a fault of the
+    work itself: worth retrying later, never a reason to fail an image."""
     import sqlalchemy.exc as sa
 
-    if isinstance(exc, (QueueUnavailable, sa.OperationalError, sa.InterfaceError, sa.TimeoutError)):
+    if isinstance(exc, (QueueUnavailable, BlobStoreUnavailable, sa.OperationalError, sa.InterfaceError,
+                        sa.TimeoutError)):
         return True
     return isinstance(exc, sa.DBAPIError) and bool(exc.connection_invalidated)

@@ -70,3 +70,24 @@ def test_serving_images_use_the_slim_install():
     serve = text[text.index("AS serve\n"):text.index("AS serve-gpu")]
     assert "[train]" not in serve and "tensorflow" not in serve.lower()
     assert '".[train]"' in text[text.index("AS train"):]
+
+
+def test_services_keep_their_blobs_in_the_minio_service():
+    """Every semtag service uses the object store (MinIO, a pinned release), with credentials of its own user."""
+    from urllib.parse import urlsplit
+
+    services = _compose()["services"]
+    minio, setup = services["minio"], services["minio-setup"]
+    for svc in (minio, setup):
+        image, _, tag = svc["image"].partition(":")
+        assert image.startswith("minio/") and tag.startswith("RELEASE.")  # pinned, never latest
+    semtag = {name: svc for name, svc in services.items() if (svc.get("command") or [""])[0] == "semtag"}
+    assert {"api", "worker-inference", "worker-ocr", "worker-batch"} <= set(semtag)
+    for name, svc in semtag.items():
+        env = svc["environment"]
+        assert env["SEMTAG_BLOB_URL"].startswith("s3://"), name
+        assert urlsplit(env["SEMTAG_S3_ENDPOINT_URL"]).hostname == "minio", name
+        assert env["AWS_ACCESS_KEY_ID"] != minio["environment"]["MINIO_ROOT_USER"], name
+    bucket = urlsplit(services["api"]["environment"]["SEMTAG_BLOB_URL"]).hostname
+    assert f"mc mb --ignore-existing local/{bucket}" in " ".join(setup["entrypoint"])
+    assert services["api"]["depends_on"]["minio-setup"]["condition"] == "service_completed_successfully"
