@@ -4,8 +4,11 @@ bar drawn over the image (OpenCV for the bars, Tesseract for the text).
 :func:`read_ocr` finds the data bar (:mod:`services.scale.databar`), reads it whole, and where
 that gives no confident reading reads the text next to the candidate bars again blob by blob
 (a label whose µ ruins the word, glyph by glyph). :func:`interpret` pairs a label with its bar
-and sets the confidence from the checks that could be made: magnification, printed field
-width, round value. Without a data bar, label panels and bars over the image are tried.
+and sets a raw score from the checks that could be made: magnification, printed field width,
+round value (:mod:`services.scale.calibration` turns it into a probability, per path). Where
+the data bar gives no confident reading, data panels elsewhere in the frame are read the same
+way; without either, label panels and bars over the image, whose label is read from its
+glyphs alone (:func:`read_overlay`). ``notes['path']`` says which: data bar, panel, overlay.
 """
 
 from __future__ import annotations
@@ -17,7 +20,21 @@ from typing import Any
 import numpy as np
 
 from services.scale import ocr
-from services.scale.databar import Bar, find_bars, find_databar, inked_part, overlay_masks, panel_around, text_blobs
+from services.scale.databar import (
+    Bar,
+    TextLine,
+    bar_regions,
+    find_bars,
+    find_databar,
+    find_panels,
+    inked_part,
+    label_lines,
+    overlay_bars,
+    overlay_masks,
+    panel_around,
+    text_blobs,
+    thin_bars,
+)
 from services.scale.units import nice_value, parse_length, to_nm
 
 
@@ -33,6 +50,11 @@ class OcrReading:
     label_text: str | None = None
     reason: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)  # how it was read (for detail, not search)
+
+
+def _bar_line(bar: Bar) -> list[float]:
+    """[x0, y, x1] of the measured length, in image pixels (drawn by the console's scale overlay)."""
+    return [round(float(bar.x0), 1), int(bar.y), round(float(bar.x1), 1)]
 
 
 def _box_gap(box: tuple[float, float, float, float], bar: Bar) -> float:
@@ -261,7 +283,58 @@ def _read_panel(gray: np.ndarray, panel: tuple[int, int, int, int], image_width:
     r = read_zone(gray, panel, image_width, panel=True)
     r.databar_box = None
     r.notes["panel_box"] = list(panel)
+    r.notes["path"] = "panel"
     return r
+
+
+def _round_value(r: OcrReading) -> float:
+    """A label over the image read as a value no bar is drawn at ('306 nm', '2004 µm': a 0 read as
+    6, a µ as '4u') replaced by the one round value a single such slip gives, if there is exactly
+    one; a change of the raw score (a guess costs)."""
+    if r.scale_value is None or nice_value(r.scale_value):
+        return 0.0
+    digits = f"{r.scale_value:g}"
+    if not digits.isdigit():
+        return 0.0
+    cands = {digits[:i] + "0" + digits[i + 1:] for i in range(1, len(digits)) if digits[i] in "689"}
+    nice = sorted({float(c) for c in cands if nice_value(float(c))})
+    if not nice and len(digits) >= 3:  # one glyph too many at the end (a µ read as '4u')
+        nice = [float(digits[:-1])] if nice_value(float(digits[:-1])) else []
+    if len(nice) != 1:
+        return 0.0
+    r.notes["value_corrected_from"] = r.scale_value
+    r.scale_value = nice[0]
+    if r.bar_px and r.scale_unit:
+        r.pixel_size_nm = to_nm(r.scale_value, r.scale_unit) / r.bar_px
+    return 0.25 - 0.15  # interpret took 0.25 off for a value that is not round; a guess costs 0.15
+
+
+def _overlay_checks(gray: np.ndarray, bar: Bar, line: TextLine, notes: dict[str, Any]) -> float:
+    """What a bar drawn over the image and its label say about the reading (a change of the raw
+    score): a label above or below is centred on the whole bar, one beside it starts right at
+    its end; a bar whose ends run on in its own colour is a piece of something longer (a bar
+    merged with specimen, measured short)."""
+    delta = 0.0
+    lx0, ly0, lx1, ly1 = line.box
+    lh = max(1, ly1 - ly0)
+    length = max(1.0, bar.right - bar.left)
+    if line.where in ("above", "below"):
+        off = abs((lx0 + lx1) / 2 - bar.cx) / length
+        delta += 0.05 if off <= 0.06 else (-0.3 if off > 0.15 else 0.0)
+        notes["label_offset"] = round(off, 3)
+    else:
+        gap = (lx0 - bar.right) if line.where == "right" else (bar.left - lx1)
+        delta += -0.2 if gap > 1.5 * lh else 0.0
+    H, W = gray.shape
+    core = float(np.median(gray[bar.y, bar.left:bar.right]))
+    ran_on = 0
+    for x in (bar.left - 3, bar.right + 2):
+        if 0 <= x < W and abs(float(gray[bar.y, x]) - core) <= 30:
+            ran_on += 1
+    if ran_on:
+        notes["bar_runs_on"] = ran_on
+        delta -= 0.25 * ran_on
+    return delta
 
 
 def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
@@ -274,13 +347,35 @@ def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
         region = (max(0, bar.left - pad_x), max(0, bar.top - pad_y),
                   min(w, bar.right + pad_x), min(h, bar.bottom + pad_y))
         ink = 255 if gray[bar.y, int(bar.cx)] >= 128 else 0  # labels are drawn in the bar's colour
-        words = _read_blobs(gray, _blobs_near(text_blobs(gray, region, [bar], ink=ink), [bar]))
-        candidates = [interpret(words, [bar], ocr.parse_fields(_text_of(words)), w, None)] if words else []
+        candidates = []
+        for line in label_lines(gray, bar, white=ink == 255):
+            words, agreed = ocr.read_clean_line(line.clean, (line.box[0], line.box[1]))
+            if ocr.find_labels(words):
+                r = interpret(words, [bar], {}, w, None)
+                r.notes["label_place"] = line.where
+                r.notes["path"] = "overlay"
+                delta = 0.0
+                if agreed is not None:  # two readings at different glyph heights: the same label or not
+                    r.notes["readings_agree"] = agreed
+                    delta += 0.1 if agreed else -0.2
+                delta += _overlay_checks(gray, bar, line, r.notes)
+                delta += _round_value(r)
+                if r.scale_unit == "µm" and ocr.unit_shape(line.clean) == "m":
+                    r.notes["unit_shape"] = "no descender for a µ"  # an n read as µ would be 1000× off
+                    delta -= 0.25
+                r.confidence = float(np.clip(r.confidence + delta, 0.0, 0.99))
+                candidates.append(r)
+                break
+        if not candidates:
+            words = _read_blobs(gray, _blobs_near(text_blobs(gray, region, [bar], ink=ink), [bar]))
+            candidates = [interpret(words, [bar], ocr.parse_fields(_text_of(words)), w, None)] if words else []
+            for r in candidates:
+                r.notes["path"] = "overlay"
         panel = panel_around(gray, bar)
         if panel is not None:  # the bar and its label on a box of their own
             candidates.append(_read_panel(gray, panel, w))
         for r in candidates:
-            if r.scale_value is not None and r.confidence > best.confidence:
+            if r.scale_value is not None and (best.scale_value is None or r.confidence > best.confidence):
                 best = r
     if best.scale_value is None and bars:
         best.bar_px = round(bars[0].length, 1)
@@ -288,24 +383,55 @@ def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
 
 
 def read_ocr(gray: np.ndarray) -> OcrReading:
-    """The scale from the burned-in data bar; without one, from a label panel or a bar drawn
-    over the image."""
-    h, w = gray.shape
+    """The scale from the burned-in data bar; where that gives no confident reading, from a data
+    panel elsewhere in the frame; without either, from a label panel or a bar drawn over the image.
+    ``databar_box`` is the data bar at the bottom whenever there is one (what a classifier crops
+    away); a panel elsewhere in the frame is in ``notes['panel_box']``."""
     box = find_databar(gray)
+    r = _read_ocr(gray, box)
     if box is not None:
-        r = read_zone(gray, inked_part(gray, box), w)
-        r.databar_box = list(box)  # the whole band, for cropping it away before classification
-        return r
-    panels: list[tuple[int, int, int, int]] = []
-    bars = sorted((b for m in overlay_masks(gray) for b in find_bars(gray, panels=panels, mask=m)),
-                  key=lambda b: -b.length)
+        r.databar_box = list(box)
+    return r
+
+
+def _read_ocr(gray: np.ndarray, box: tuple[int, int, int, int] | None) -> OcrReading:
+    h, w = gray.shape
     best = OcrReading(reason="no data bar and no labelled scale bar found")
+    if box is not None:
+        best = read_zone(gray, inked_part(gray, box), w)
+        best.notes["path"] = "data bar"
+        if best.scale_value is not None and best.confidence >= 0.6:
+            return best
+    for panel in find_panels(gray):
+        if box is not None and panel[1] >= box[1] - 2:
+            continue  # the data bar itself, read above
+        r = _read_panel(gray, panel, w)
+        if r.scale_value is not None and (best.scale_value is None or r.confidence > best.confidence):
+            best = r
+        if best.confidence >= 0.9:
+            return best
+    if best.scale_value is not None and best.confidence >= 0.6:
+        return best
+    panels: list[tuple[int, int, int, int]] = []
+    # bars over the image lie above a data bar (one with a label read: else it may be no data bar)
+    top = box[1] if box is not None and best.scale_value is not None else h
+    masks = overlay_masks(gray)  # near-white, near-black
+    regions = [bar_regions(m, max(12, int(0.012 * w))) for m in masks]
+    bars = sorted((b for m, rg in zip(masks, regions) for b in overlay_bars(gray, m, panels=panels, regions=rg)
+                   if b.bottom < top), key=lambda b: -b.length)
+    panels = [p for p in panels if p[3] <= top]
     for panel in sorted(panels, key=lambda p: -p[3])[:2]:  # lowest first
         r = _read_panel(gray, panel, w)
-        if r.scale_value is not None and r.confidence > best.confidence:
+        if r.scale_value is not None and (best.scale_value is None or r.confidence > best.confidence):
             best = r
     if best.confidence < 0.9:
         r = read_overlay(gray, bars[:3])
+        if r.scale_value is None:  # a bar touching specimen of its own colour is one blob in the masks
+            extra = [b for white, rg in zip((True, False), regions) for b in thin_bars(gray, white, rg)
+                     if b.bottom < top and all(abs(b.y - o.y) > 2 or abs(b.left - o.left) > 4 for o in bars[:3])]
+            if extra:
+                r2 = read_overlay(gray, sorted(extra, key=lambda b: -b.length)[:3])
+                r = r2 if r2.scale_value is not None else r
         if r.scale_value is not None and r.confidence > best.confidence or best.scale_value is None:
             best = r
     return best
@@ -332,6 +458,7 @@ def interpret(words: list[ocr.Word], bars: list[Bar], fields: dict, w: int,
         label, bar, _ = guess
         r.scale_value, r.scale_unit, r.label_text = label.value, label.unit, label.text
         r.bar_px = round(bar.length, 1)
+        r.notes["bar_line"] = _bar_line(bar)
         r.pixel_size_nm = to_nm(label.value, label.unit) / bar.length
         check = mag_ratio(r.pixel_size_nm, parse_mag(r.fields.get("mag")), w)
         if check is not None:
@@ -345,6 +472,7 @@ def interpret(words: list[ocr.Word], bars: list[Bar], fields: dict, w: int,
     conf = 0.45
     if bar is not None:
         r.bar_px = round(bar.length, 1)
+        r.notes["bar_line"] = _bar_line(bar)
         r.pixel_size_nm = to_nm(label.value, label.unit) / bar.length
         conf += 0.2
     else:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from services.scale import tesseract
-from services.scale.units import normalise_unit
+from services.scale.units import normalise_unit, parse_number
 
 # One OpenMP thread per Tesseract call: on small crops extra threads cost more than they give,
 # and workers already run one task per core.
@@ -166,9 +166,10 @@ def lines_of(words: list[Word]) -> list[list[Word]]:
 # ---- parsing -----------------------------------------------------------------------------
 
 _MU = "µμupyTdjaz"
+_JUNK = "jpy\\[(|'\"\u201c\u201d°"  # a mark Tesseract puts before the u it reads for µ
 _QTY = re.compile(
-    r"(?<![\w.])(?P<num>T(?=[" + _MU + r"]m)|[0-9OoIl|SB]{1,4}(?:[.,][0-9Oo]{1,3})?)\s*"  # 'Tum', 'Tpm': a 1
-    r"(?P<unit>[" + _MU + r"]m|nm|mm|m)(?P<star>\*?)(?![A-Za-z])"
+    r"(?<![\w.])(?P<num>[TL](?=[" + _MU + r"]m)|[0-9OoIl|SB]{1,4}(?:[.,][0-9Oo]{1,3})?)\s*\.?"  # 'Tum': a 1; '200.um'
+    r"(?P<unit>(?:[" + _JUNK + r"]?[µμu]|[" + _MU + r"])m|nm|mm|m)(?P<star>\*?)(?![A-Za-z])"  # 'jum', '"um': µm
 )
 _FIELD_LABELS = re.compile(
     r"((WD|Width|Height|HFW|VFW|FOV|Focus|Aperture|Size|Pixel|Field|View|Depth|Stage|Dist)\s*[:=]?"
@@ -197,7 +198,7 @@ class Label:
 
 
 def _fix_digits(num: str) -> str:
-    return num.translate(str.maketrans("OoIl|SBT", "00111581"))
+    return num.translate(str.maketrans("OoIl|SBTL", "001115811"))
 
 
 _HEADER = re.compile(r"^(WD|HFW|VFW|FOV|Width|Height|Focus|Aperture|pressure|Depth)$", re.IGNORECASE)
@@ -242,19 +243,21 @@ def find_labels(words: list[Word]) -> list[Label]:
             owner.extend([w] * len(w.text))
         for m in _QTY.finditer(text):
             before = text[: m.start()]
+            if re.search(r"\d\s$", before):
+                continue  # '2 5µm': a decimal point lost between two digits, not a 5 µm label
             if _FIELD_LABELS.search(before) or re.search(r"(WD|HFW|FOV|Width|VFW)\s*[:=]?\s*\S{0,3}\s*$", before):
                 continue
             num = _fix_digits(m.group("num"))
             if not re.fullmatch(r"\d+(?:[.,]\d+)?", num):
                 continue
             unit_raw = m.group("unit")
-            guessed = m.group("num") == "T"  # 'Tum': the number itself is a look-alike of 1
-            if unit_raw[0] in _MU and unit_raw not in ("nm", "mm"):
-                guessed = guessed or unit_raw[0] not in "µμu"
+            guessed = m.group("num") in ("T", "L")  # 'Tum', 'Lum': the number itself is a look-alike of 1
+            if unit_raw not in ("nm", "mm", "m"):
+                guessed = guessed or unit_raw not in ("µm", "μm", "um")  # a look-alike, or a stray mark before it
                 unit_raw = "µm"
             unit = normalise_unit(unit_raw)
-            value = float(num.replace(",", "."))
-            if unit is None or value <= 0:
+            value = parse_number(num)  # '1,000 nm' is a thousand nanometres, '0,5 µm' half a micrometre
+            if unit is None or value is None or value <= 0:
                 continue
             if unit == "m":
                 continue  # a bare 'm' is never a scale-bar unit on an SEM
@@ -312,3 +315,67 @@ def parse_fields(text: str) -> dict:
     if m:
         f["field_width"] = f"{m.group(1)} {normalise_unit(m.group(2)) or m.group(2)}"
     return f
+
+
+def unit_shape(clean: np.ndarray) -> str | None:
+    """What the end of an isolated label (dark on white) looks like: 'µ' when it ends in an
+    x-height m after a glyph that descends below the baseline, 'm' when it ends in an m after
+    glyphs that do not, None when it does not end in an m at all."""
+    bw = (clean < 128).astype(np.uint8)
+    glyphs = _glyph_boxes(bw)
+    if len(glyphs) < 3:
+        return None
+    m, u, first = glyphs[-1], glyphs[-2], glyphs[0]
+    xh = m[3] - m[1]
+    if xh < 4 or (m[2] - m[0]) < 0.9 * xh or (first[3] - first[1]) < 1.15 * xh:
+        return None
+    if u[3] - m[3] >= 0.2 * xh and u[1] >= m[1] - 0.25 * xh:
+        return "µ"  # descends below the baseline, starts at x-height
+    if u[1] >= m[1] - 0.25 * xh and abs(u[3] - m[3]) <= 0.15 * xh:
+        return "m"  # an x-height letter on the baseline: n, u (read for µ?) or m
+    return None  # a digit or merged glyphs: nothing to tell
+
+
+def _agrees(words: list[Word], shape: str | None) -> bool:
+    labels = find_labels(words)
+    if not labels:
+        return False
+    return shape != "µ" or labels[-1].unit == "µm"  # a descender proves a µ; its absence is weaker evidence
+
+
+def read_clean_line(clean: np.ndarray, origin: tuple[int, int]) -> tuple[list[Word], bool | None]:
+    """A line of glyphs already isolated (dark on white, see databar.label_lines) read as one
+    text line, and whether a second reading agreed with it.
+
+    Tesseract's reading of a short label changes with the glyph height it is given, so it is
+    read at 36 and 48 px glyph height (and 24 px when neither gives a label whose unit agrees
+    with the glyphs' shapes: a µ descends below the baseline, and read as n it is rejected);
+    failing that, glyph by glyph (:func:`read_label_glyphs`). The agreement is True when two
+    readings give the same label, False when they give different ones, None when only one did.
+    """
+    h, w = clean.shape
+    pad = max(4, h // 3)
+    img = cv2.copyMakeBorder(clean, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=255)
+    ox, oy = origin[0] - pad, origin[1] - pad
+    shape = unit_shape(clean)
+    first: list[Word] | None = None
+    good: list[list[Word]] = []
+    for height, psm in ((36, 7), (48, 8), (24, 7)):
+        if len(good) == 2 or (good and height == 24):
+            break
+        words = read_words(img, (ox, oy), scale=float(np.clip(height / max(h, 1), 0.5, 8.0)), psm=psm)
+        first = words if first is None else first
+        if _agrees(words, shape):
+            good.append(words)
+    if good:
+        if len(good) == 1:
+            return good[0], None
+        a, b = (find_labels(g)[-1] for g in good)
+        return good[0], (a.value, a.unit) == (b.value, b.unit)
+
+    glyph_read = read_label_glyphs(img, (pad, pad, pad + w, pad + h)) if shape is not None else None
+    if glyph_read is not None:
+        glyph_read.left += ox
+        glyph_read.top += oy
+        return [glyph_read], None
+    return ([] if first is None or find_labels(first) else first), None  # a label its glyphs contradict is none

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 NM_PER = {"pm": 1e-3, "nm": 1.0, "µm": 1e3, "mm": 1e6, "cm": 1e7, "m": 1e9}
 
@@ -36,17 +37,32 @@ def valid_length(value) -> bool:  # noqa: ANN001
     return math.isfinite(v) and v > 0
 
 
-_QTY = re.compile(r"([-+]?\d+(?:[.,]\d+)?(?:[eE][-+]?\d+)?)\s*(pm|nm|µm|μm|um|mm|cm|m)\b")
+# '1,000' and '10,000' are thousands (a comma before exactly three digits, after one to three);
+# '0,5' and '2,50' are decimal commas. A thin or narrow no-break space may also group thousands.
+_THOUSANDS = re.compile(r"\d{1,3}(?:[,\u2009\u202f]\d{3})+")
+_NUMBER = r"(?:\d{1,3}(?:[,\u2009\u202f]\d{3})+(?![\d.,])|\d+(?:[.,]\d+)?)"
+_QTY = re.compile(r"(?<![\d.,])([-+]?" + _NUMBER + r"(?:[eE][-+]?\d+)?)\s*(pm|nm|µm|μm|um|mm|cm|m)\b")
+
+
+def parse_number(text: str) -> float | None:
+    """A label's number: '1,000' -> 1000, '0,5' -> 0.5, '2.5' -> 2.5; None when not a number."""
+    t = text.strip()
+    if _THOUSANDS.fullmatch(t):
+        t = re.sub(r"[,\u2009\u202f]", "", t)
+    try:
+        return float(t.replace(",", "."))
+    except ValueError:
+        return None
 
 
 def parse_length(text: str) -> tuple[float, str] | None:
-    """'200 nm' -> (200.0, 'nm'); None when there is no positive length."""
+    """'200 nm' -> (200.0, 'nm'), '1,000 nm' -> (1000.0, 'nm'); None when there is no positive length."""
     m = _QTY.search(text.replace("\u03bc", "\u00b5"))
     if not m:
         return None
-    value = float(m.group(1).replace(",", "."))
+    value = parse_number(m.group(1))
     unit = normalise_unit(m.group(2))
-    if unit is None or not valid_length(value):
+    if unit is None or value is None or not valid_length(value):
         return None
     return value, unit
 
@@ -59,15 +75,21 @@ def nice_value(value: float) -> bool:
     return any(abs(mant - m) < 1e-6 for m in (1, 2, 2.5, 3, 4, 5))
 
 
-# ---- scale bins -------------------------------------------------------------------------
+# ---- scale bins and ranges --------------------------------------------------------------
+#
+# One rule for every range of scale-bar lengths: the lower bound is included, the upper one is
+# not, [lo, hi). The 1-2-5 bins (search by ``scale_bin``), the clustering selection
+# (``scale_min_nm``/``scale_max_nm`` of a clustering run and of ``semtag cluster``) and the
+# search filters of the same names all use it, so a 2 µm bar is in the 2 µm–5 µm bin and outside
+# a 1000–2000 nm selection everywhere.
 
 def bin_edges_nm() -> list[float]:
-    """1-2-5 steps from 1 nm to 1 mm: 1, 2, 5, 10, ..., 500000, 1000000 nm."""
+    """1-2-5 steps from 1 nm to 10 mm: 1, 2, 5, 10, ..., 5000000, 10000000 nm."""
     edges = []
-    for exp in range(0, 6):
+    for exp in range(0, 7):
         for m in (1, 2, 5):
             edges.append(m * 10.0 ** exp)
-    edges.append(1e6)
+    edges.append(1e7)
     return edges
 
 
@@ -79,24 +101,37 @@ def format_nm(nm: float) -> str:
     return f"{nm:g} nm"
 
 
-def scale_bin(scale_nm: float | None) -> str | None:
-    """The 1-2-5 bin of a scale-bar length, e.g. 1500 nm -> '1 µm–2 µm'; None outside 1 nm–1 mm."""
+def in_scale_range(scale_nm: float | None, lo_nm: float | None = 1000.0, hi_nm: float | None = 2000.0) -> bool:
+    """Whether a scale-bar length lies in [lo_nm, hi_nm) (a bound of None is open); the paper's
+    selection by default: the 1 µm–2 µm bin."""
     if scale_nm is None or not valid_length(scale_nm):
-        return None
+        return False
+    return (lo_nm is None or scale_nm >= lo_nm) and (hi_nm is None or scale_nm < hi_nm)
+
+
+def range_conditions(column: Any, lo_nm: float | None, hi_nm: float | None) -> list[Any]:
+    """The same rule as SQL conditions on a column of scale-bar lengths (a SQLAlchemy column or
+    anything else with ``>=`` and ``<``)."""
+    out = []
+    if lo_nm is not None:
+        out.append(column >= lo_nm)
+    if hi_nm is not None:
+        out.append(column < hi_nm)
+    return out
+
+
+def scale_bin(scale_nm: float | None) -> str | None:
+    """The 1-2-5 bin [lo, hi) of a scale-bar length, e.g. 1500 nm -> '1 µm–2 µm', 2000 nm ->
+    '2 µm–5 µm'; None outside 1 nm–10 mm."""
     edges = bin_edges_nm()
     for lo, hi in zip(edges, edges[1:]):
-        if lo <= scale_nm < hi or (hi == edges[-1] and scale_nm == hi):
+        if in_scale_range(scale_nm, lo, hi):
             return f"{format_nm(lo)}–{format_nm(hi)}"
     return None
 
 
-def in_scale_range(scale_nm: float | None, lo_nm: float = 1000.0, hi_nm: float = 2000.0) -> bool:
-    """The paper's selection: scale bars from lo to hi (default 1 µm–2 µm, both included)."""
-    return scale_nm is not None and valid_length(scale_nm) and lo_nm <= scale_nm <= hi_nm
-
-
-def select_scale_range(readings, lo_nm: float = 1000.0, hi_nm: float = 2000.0):  # noqa: ANN001, ANN201
-    """The items whose ``scale_nm`` (attribute or key) lies in [lo_nm, hi_nm]."""
+def select_scale_range(readings, lo_nm: float | None = 1000.0, hi_nm: float | None = 2000.0):  # noqa: ANN001, ANN201
+    """The items whose ``scale_nm`` (attribute or key) lies in [lo_nm, hi_nm)."""
     def get(r):  # noqa: ANN001, ANN202
         return r.get("scale_nm") if isinstance(r, dict) else getattr(r, "scale_nm", None)
     return [r for r in readings if in_scale_range(get(r), lo_nm, hi_nm)]
