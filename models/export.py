@@ -92,6 +92,37 @@ def _write(model_proto, path: Path, meta: dict) -> None:  # noqa: ANN001
     tmp.replace(path)
 
 
+def calibration_reader(calibration: np.ndarray, input_name: str = "input"):  # noqa: ANN201
+    """semtag's calibrator: ONNX Runtime's data reader over preprocessed inputs, one image per step (the same
+    inputs serve the QDQ model and TensorRT's calibration table)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{input_name: calibration[i:i + 1]} for i in range(len(calibration))])
+
+        def get_next(self):  # noqa: ANN202
+            return next(self.it, None)
+
+    return Reader()
+
+
+def tensorrt_calibration_table(fp32_path: Path, calibration: np.ndarray, out_dir: Path) -> Path:
+    """The INT8 calibration table TensorRT reads (``trt_int8_calibration_table_name``) for the FP32 model,
+    from semtag's calibrator (min/max of every tensor over ``calibration``). Returns the flatbuffers file."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.quant_utils import write_calibration_table
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cal = create_calibrator(str(fp32_path), None, augmented_model_path=str(out_dir / "augmented.onnx"),
+                            calibrate_method=CalibrationMethod.MinMax)
+    cal.collect_data(calibration_reader(calibration))
+    data = cal.compute_data()
+    write_calibration_table({k: data[k] for k in data.data}, dir=str(out_dir))
+    (out_dir / "augmented.onnx").unlink(missing_ok=True)
+    return out_dir / "calibration.flatbuffers"
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> None:
     """Static INT8 quantisation (QDQ, per-channel weights), calibrated on ``calibration`` inputs.
 
@@ -100,15 +131,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> N
     quantising them cost 5 accuracy points, keeping them cost none.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{"input": calibration[i:i + 1]} for i in range(len(calibration))])
-
-        def get_next(self):  # noqa: ANN202
-            return next(self.it, None)
 
     pre = out_path.with_suffix(".pre.onnx")
     try:
@@ -116,8 +140,9 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> N
         nodes = onnx.load(str(pre)).graph.node
         keep = [n.name for n in nodes if n.op_type == "Conv"][:1]
         keep += [n.name for n in nodes if n.op_type in ("MatMul", "Gemm")][-1:]
-        quantize_static(str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep)
+        quantize_static(str(pre), str(out_path), calibration_reader(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=keep)
     finally:
         pre.unlink(missing_ok=True)
 

@@ -298,3 +298,21 @@ def test_train_cli_and_its_errors(tiny_data: Path, tmp_path: Path, capsys: pytes
     assert main(["train", "--data", str(tiny_data), "--arch", "inception_v3", "--mode", "feature-extraction",
                  "--init", str(tmp_path / "imagenet_notop.h5"), "--out", str(tmp_path / "w")]) == 2
     assert "Nothing is downloaded" in capsys.readouterr().err
+
+
+def test_tensorrt_calibration_table_from_semtags_calibrator(alexnet_onnx: Path, tmp_path: Path) -> None:
+    """The INT8 table TensorRT reads (bench/gpu.py) is written from the same calibrator as the QDQ model: one
+    range per tensor, the flatbuffers file beside its JSON form."""
+    import onnx
+
+    from models.export import tensorrt_calibration_table
+
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32)
+    table = tensorrt_calibration_table(alexnet_onnx, x, tmp_path / "trt")
+    assert table.name == "calibration.flatbuffers" and table.stat().st_size > 0
+    ranges = json.loads((tmp_path / "trt" / "calibration.json").read_text())
+    graph = onnx.load(str(alexnet_onnx)).graph
+    assert graph.output[0].name in ranges and len(ranges) >= len(graph.node) // 2
+    first = ranges[graph.input[0].name]
+    assert first["lowest"]["data"][0] == pytest.approx(x.min(), abs=1e-6)
+    assert first["highest"]["data"][0] == pytest.approx(x.max(), abs=1e-6)
