@@ -20,16 +20,21 @@ from sqlalchemy.exc import SQLAlchemyError
 from api import errors
 from api.admin.router import job_request_schema
 from api.admin.router import router as admin_router
+from api.events.router import router as events_router
+from api.export.router import router as export_router
 from api.health.router import router as health_router
 from api.images.router import router as images_router
 from api.metrics import STATE, MetricsMiddleware
+from api.records.router import router as records_router
 from api.review.router import router as review_router
 from api.subcategories.router import router as subcategories_router
+from api.ui import install as install_console
 from api.webhooks.router import router as webhooks_router
 from semtag import __version__
 from semtag.bootstrap import build_runtime
 from semtag.settings import Settings, get_settings
 from services import migrate
+from services.events import service as events
 from services.images import pipeline
 from services.jobs import service as jobs
 from services.runtime import Runtime
@@ -57,6 +62,20 @@ def _embedded_reconciler(rt: Runtime, stop: threading.Event) -> None:
             jobs.reconcile_jobs(rt)
         except Exception:  # logged; the next round tries again
             log.exception("reconciler failed")
+
+
+def _embedded_dispatcher(rt: Runtime, stop: threading.Event, wake: threading.Event) -> None:
+    """In embedded mode the API sends the outbound events itself: at start (what a previous run left), when a
+    commit that wrote events wakes it, and every SEMTAG_EVENTS_DISPATCH_EVERY_S for retries that fall due."""
+    while not stop.is_set():
+        wake.wait(rt.settings.events_dispatch_every_s)
+        wake.clear()
+        if stop.is_set():
+            break
+        try:
+            events.dispatch(rt)
+        except Exception:  # logged; the next round tries again
+            log.exception("events dispatcher failed")
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -123,8 +142,16 @@ def create_app(settings: Settings | None = None, auto_migrate: bool = True) -> F
             except SQLAlchemyError:
                 log.exception("start-up reconciliation failed; the periodic reconciler will retry")
             threading.Thread(target=_embedded_reconciler, args=(runtime, stop), daemon=True).start()
+            wake = threading.Event()
+            wake.set()  # a first round at start
+            runtime.events_wakeup = wake.set
+            threading.Thread(target=_embedded_dispatcher, args=(runtime, stop, wake), daemon=True,
+                             name="semtag-events").start()
         yield
         stop.set()
+        if runtime.events_wakeup is not None:
+            runtime.events_wakeup()
+            runtime.events_wakeup = None
         if isinstance(runtime.queue, InlineQueue):
             runtime.queue.shutdown()
 
@@ -133,10 +160,11 @@ def create_app(settings: Settings | None = None, auto_migrate: bool = True) -> F
     app.state.runtime = runtime
     app.add_middleware(MetricsMiddleware)
     errors.install(app)
-    for router in (health_router, images_router, review_router, subcategories_router, webhooks_router,
-                   admin_router):
+    for router in (health_router, images_router, records_router, export_router, review_router,
+                   subcategories_router, webhooks_router, admin_router, events_router):
         app.include_router(router)
     _offline_docs(app)
+    install_console(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -16,8 +16,11 @@ if TYPE_CHECKING:
 
 def _settings():  # noqa: ANN202
     from semtag.settings import get_settings
+    from services.images import imaging
 
-    return get_settings()
+    s = get_settings()
+    imaging.configure(s.max_decoded_bytes)  # commands that decode without a Runtime keep the same budget
+    return s
 
 
 def _where(s: Settings) -> str:
@@ -50,8 +53,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     s = _settings()
     migrate.upgrade(s.effective_database_url)
     mode = "embedded (in-process tasks)" if s.embedded_tasks else f"Celery broker {_hide_password(s.broker_url)}"
-    print(f"semtag: database {_where(s)}, blobs {s.blob_dir.resolve()}, {mode}", file=sys.stderr)
-    uvicorn.run("api.main:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers)
+    print(f"semtag: database {_where(s)}, blobs {s.blob_location}, {mode}", file=sys.stderr)
+    from api.server import GuardedH11Protocol
+
+    uvicorn.run("api.main:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers,
+                http=GuardedH11Protocol,
+                timeout_keep_alive=s.http_keep_alive_s, limit_concurrency=s.http_max_connections)
     return 0
 
 
@@ -283,6 +290,7 @@ def _folder_features(args: argparse.Namespace):  # noqa: ANN202
     from services.data.categories import index_of, to_slug
     from services.errors import BadInput, BadParams
     from services.scale.reader import read_scale, sidecar_for
+    from services.scale.units import in_scale_range
 
     if not args.model:
         raise BadParams("--images needs --model FILE.onnx (the features' source)")
@@ -291,8 +299,7 @@ def _folder_features(args: argparse.Namespace):  # noqa: ANN202
     for path in _iter_images([args.images]):
         if not args.all_scales and (args.scale_min_nm or args.scale_max_nm):
             nm = read_scale(path, sidecar=sidecar_for(path)).scale_nm
-            if nm is None or (args.scale_min_nm and nm < args.scale_min_nm) or (
-                    args.scale_max_nm and nm > args.scale_max_nm):
+            if not in_scale_range(nm, args.scale_min_nm or None, args.scale_max_nm or None):  # [min, max)
                 continue
         try:
             x = eng.decode(path)[0]
@@ -383,6 +390,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_metadata(args: argparse.Namespace) -> int:
+    from services import migrate
+    from services.export.bulk import write_export
+    from services.images.queries import ImageFilter
+    from services.runtime import Runtime
+
+    s = _settings()
+    migrate.upgrade(s.effective_database_url)
+    flt = ImageFilter(category=args.category, subcategory=args.subcategory, status=args.status,
+                      record_id=args.record_id, record_version=args.record_version, scale_bin=args.scale_bin,
+                      pixel_size_min_nm=args.pixel_size_min_nm, pixel_size_max_nm=args.pixel_size_max_nm,
+                      min_confidence=args.min_confidence)
+    rt = Runtime(s)
+    if args.out == "-":
+        n = write_export(rt, flt, args.format, sys.stdout)
+    else:
+        tmp = f"{args.out}.partial"
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:  # a failed export leaves no half file behind
+            n = write_export(rt, flt, args.format, fh)
+        os.replace(tmp, args.out)
+    print(f"semtag: {n} image(s) exported as {args.format} to {args.out} (database {_where(s)})", file=sys.stderr)
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import json
 
@@ -428,6 +459,185 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Bars:
+    """tqdm bars for the phases of a backfill (rate and ETA; off when stderr is not a terminal)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def start(self, phase: str, total: int) -> None:
+        from tqdm import tqdm
+
+        self.finish()
+        self.bar = tqdm(total=total, desc=phase, unit="file", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _LeftForTheService:
+    """Embedded mode: nothing is queued from this process; the service's reconciler finds the pending images
+    (unlike NullQueue, this keeps no list of what it was given: an archive may have a million images)."""
+
+    def enqueue(self, task: str, *args: int) -> None:
+        pass
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    key = args.key or os.environ.get("SEMTAG_API_KEY")
+    if args.api and not key:
+        print(f"semtag {args.command}: --api needs a key: --key KEY or SEMTAG_API_KEY", file=sys.stderr)
+        return None
+    return key
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Backfill an archive: hash, ask which files semtag knows, send the rest; a summary of failures."""
+    import csv
+    from pathlib import Path
+
+    from services.images.backfill import LocalTarget, Target, read_archive, run_backfill
+
+    key = _api_key(args)
+    if args.api and key is None:
+        return 2
+    items, failures = read_archive(Path(args.source), args.record_id_from, args.record_version)
+    target: Target
+    s = None
+    if args.api:
+        from semtag.remote import RemoteTarget
+
+        target = RemoteTarget(args.api, key or "", retries=args.retries)
+    else:
+        from semtag.bootstrap import build_runtime
+        from services import migrate
+
+        s = _settings()
+        migrate.upgrade(s.effective_database_url)
+        rt = build_runtime(s, run_tasks=False)
+        if s.embedded_tasks:
+            rt.queue = _LeftForTheService()
+        target = LocalTarget(rt, retries=args.retries)
+    print(f"semtag ingest: {len(items)} file(s) from {args.source} into {target.description}", file=sys.stderr)
+    report = run_backfill(items, target, workers=args.workers, progress=_Bars(), failures=failures)
+    for line in report.summary(examples=args.show_failures):
+        print(line, flush=True)
+    if args.failures_csv:
+        with open(args.failures_csv, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["file", "code", "message"])
+            w.writerows([f.file, f.code, f.message] for f in report.failures)
+        print(f"semtag ingest: {len(report.failures)} failure(s) written to {args.failures_csv}", file=sys.stderr)
+    if s is not None and report.sent:
+        if s.embedded_tasks:
+            print(f"semtag ingest: embedded mode: the images wait in the database {_where(s)}; the semtag serve "
+                  "of this data folder reads and classifies them (at its start, or within about "
+                  f"{s.reconcile_after_s + s.reconcile_every_s} s)", file=sys.stderr)
+        else:
+            print("semtag ingest: the images are queued for the ocr and inference workers", file=sys.stderr)
+    if report.interrupted:
+        return 130
+    if report.stopped:
+        return 2
+    return 1 if report.failures else 0
+
+
+def _reprocess_params(args: argparse.Namespace) -> dict[str, Any]:
+    from services.errors import parse_params
+    from services.images.schemas import ReprocessParams
+
+    given: dict[str, Any] = {"steps": [x.strip() for x in args.steps.split(",") if x.strip()],
+                             "dry_run": args.dry_run}
+    for name in ("record_id", "record_version", "uploaded_from", "uploaded_before", "model_version"):
+        if getattr(args, name) is not None:
+            given[name] = getattr(args, name)
+    for name in ("status", "scale_source"):
+        if getattr(args, name):
+            given[name] = [x.strip() for x in getattr(args, name).split(",") if x.strip()]
+    # the job's parameter model: the same checks and defaults as POST /v1/admin/jobs
+    return parse_params(ReprocessParams, given, "reprocess").model_dump(mode="json")
+
+
+def _watch(read: Any, interval_s: float = 0.5) -> dict[str, Any]:
+    """Poll a job (``read()`` → JobRead-shaped dict) until it finishes, with a progress bar."""
+    import time
+
+    from tqdm import tqdm
+
+    with tqdm(total=1000, desc="reprocess", file=sys.stderr, disable=None, dynamic_ncols=True,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}") as bar:
+        while True:
+            job = read()
+            bar.n = int(1000 * float(job.get("progress") or 0.0))
+            bar.set_postfix_str(job.get("message") or "", refresh=True)
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(interval_s)
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    """Read scales / classify again: a reprocess job, on the service (--api), on the workers, or in this process."""
+    import json
+    import threading
+
+    params = _reprocess_params(args)
+    key = _api_key(args)
+    if args.api:
+        if key is None:
+            return 2
+        from semtag.remote import RemoteTarget
+
+        api = RemoteTarget(args.api, key, retries=args.retries)
+        job = api.call("POST", "/v1/admin/jobs", {"kind": "reprocess", "params": params})
+        print(f"semtag reprocess: job {job['id']} on {args.api}", file=sys.stderr)
+        if not args.no_wait:
+            job = _watch(lambda: api.call("GET", f"/v1/admin/jobs/{job['id']}"))
+    else:
+        from semtag.bootstrap import build_runtime
+        from services import migrate
+        from services.jobs.schemas import JobRead
+        from services.jobs.service import cancel_job, create_job, get_job, run_job
+
+        s = _settings()
+        migrate.upgrade(s.effective_database_url)
+        rt = build_runtime(s, run_tasks=False)
+        row = create_job(rt, "reprocess", params, created_by="semtag reprocess")
+        inline = s.embedded_tasks
+        where = "running in this process (embedded mode)" if inline else "queued on the batch queue"
+        print(f"semtag reprocess: job {row.id}, {where}; database {_where(s)}", file=sys.stderr)
+
+        def read() -> dict[str, Any]:
+            return JobRead.model_validate(get_job(rt, row.id)).model_dump(mode="json")
+
+        runner = threading.Thread(target=run_job, args=(rt, row.id), daemon=True) if inline else None
+        if runner is not None:
+            runner.start()
+        if args.no_wait and not inline:
+            job = read()
+        else:
+            try:
+                job = _watch(read)
+            except KeyboardInterrupt:
+                cancel_job(rt, row.id)
+                print(f"semtag reprocess: job {row.id} cancelled (what it did so far stays)", file=sys.stderr)
+                if runner is not None:
+                    runner.join()
+                return 130
+            if runner is not None:
+                runner.join()
+                job = read()
+    print(json.dumps({k: job.get(k) for k in ("id", "status", "error", "result")}))
+    if job["status"] in ("queued", "running"):
+        return 0
+    return 0 if job["status"] == "succeeded" else 1
+
+
 DESCRIPTION = """\
 semtag reads the scale of scanning electron microscope (SEM) images and sorts them into the ten
 categories of the NFFA-EUROPE SEM dataset and into subcategories. Run it as an HTTP service
@@ -439,6 +649,7 @@ common commands:
   semtag scale IMAGE_OR_FOLDER ...            read the scale bar / metadata of images
   semtag classify IMAGE_OR_FOLDER ...         classify images with the active model
   semtag serve                                run the HTTP API on 127.0.0.1:8000
+  semtag ingest FOLDER_OR_MANIFEST.csv        backfill an archive (resumable; --api URL for a remote one)
   semtag synth --out data/synth               write a small synthetic data set (demos, tests)
   semtag train --data DIR --arch alexnet --out runs/NAME
                                               train a classifier
@@ -505,14 +716,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = _add(sub, "worker", "run a Celery worker (needs SEMTAG_BROKER_URL, e.g. a Redis URL)", cmd_worker)
     sp.add_argument("--queues", default="inference,ocr,batch,maintenance",
                     help="comma-separated queues to consume, from inference, ocr, batch, maintenance "
-                         "(the reconciler; --beat adds it)")
+                         "(the reconciler and the events dispatcher; --beat adds it)")
     sp.add_argument("--concurrency", type=int, default=max(1, os.cpu_count() or 1),
                     help="worker processes or threads (one per CPU)")
     sp.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],
                     help="Celery execution pool")
     sp.add_argument("--loglevel", default="INFO", help="Celery log level (DEBUG, INFO, WARNING, ERROR)")
     sp.add_argument("--name", default=None, help="worker node name (default: semtag-QUEUES@HOSTNAME)")
-    sp.add_argument("--beat", action="store_true", help="also run the periodic reconciler (one worker only)")
+    sp.add_argument("--beat", action="store_true",
+                    help="also schedule the periodic reconciler and events dispatcher (one worker only)")
     sp.add_argument("--metrics-port", type=int, default=None,
                     help="serve Prometheus metrics on this port (default: SEMTAG_WORKER_METRICS_PORT, or none)")
 
@@ -548,7 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--scale-min-nm", type=float, default=CP["scale_min_nm"].default,
                     help="only images whose scale bar stands for at least this many nanometres")
     sp.add_argument("--scale-max-nm", type=float, default=CP["scale_max_nm"].default,
-                    help="only images whose scale bar stands for at most this many nanometres")
+                    help="only images whose scale bar stands for less than this many nanometres (excluded, as "
+                         "in the scale bins: a 2000 nm bar is in 2 µm–5 µm)")
     sp.add_argument("--all-scales", action="store_true",
                     help="no scale selection: ignore --scale-min-nm and --scale-max-nm")
     sp.add_argument("--output", default=CP["output"].default, choices=["logits", "features"],
@@ -626,6 +839,68 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("target", nargs="?", help="activate: a version from models list; import: a FILE.onnx")
     sp.add_argument("--json", action="store_true", help="list: one JSON object per line")
     sp.add_argument("--reclassify", action="store_true", help="activate: classify every image again with it")
+
+    sp = _add(sub, "export-metadata", "write every image's metadata to a file: kit-sem, jsonld or semtag "
+              "(NDJSON), or csv", cmd_export_metadata)
+    sp.add_argument("--format", choices=["kit-sem", "jsonld", "semtag", "csv"], default="kit-sem",
+                    help="kit-sem: KIT Data Manager SEM schema; jsonld: schema.org; semtag: the API's image record "
+                         "(one JSON document a line); csv: one image a row")
+    sp.add_argument("--out", required=True, help="the file to write (- for standard output)")
+    sp.add_argument("--record-id", default=None, help="only the images of this record")
+    sp.add_argument("--record-version", default=None, help="with --record-id: that version only")
+    sp.add_argument("--category", default=None, help="only this category (slug, name or 0-9)")
+    sp.add_argument("--subcategory", type=int, default=None, help="only this subcategory id")
+    sp.add_argument("--status", default=None, help="only images in this status (pending, processing, done, failed)")
+    sp.add_argument("--scale-bin", default=None, help="only this 1-2-5 scale-bar bin, e.g. 1um-2um")
+    sp.add_argument("--pixel-size-min-nm", type=float, default=None, help="smallest pixel size")
+    sp.add_argument("--pixel-size-max-nm", type=float, default=None, help="largest pixel size")
+    sp.add_argument("--min-confidence", type=float, default=None, help="smallest category confidence")
+
+    sp = _add(sub, "ingest", "backfill an archive (a folder or a manifest CSV) into semtag, resumably", cmd_ingest,
+              description=(
+                  "Backfill an archive into semtag: every image under a folder, or every row of a manifest CSV "
+                  "(columns path, record_id, record_version, sidecar; only path is required; relative paths "
+                  "from the manifest's folder). Files are hashed first and semtag is asked which it stores, so "
+                  "a second run sends nothing and an interrupted run resumes. Without --api the files go "
+                  "straight into this installation's database and blob store through the same ingest service "
+                  "as an upload; with --api to a semtag over HTTP. Exits 1 when a file failed."))
+    sp.add_argument("source", help="a folder of images (searched recursively), one image, or a manifest .csv")
+    sp.add_argument("--record-id-from", choices=["dirname", "column"], default=None,
+                    help="where each image's record id comes from: the name of its folder, or the manifest's "
+                         "record_id column (default: the column when the manifest has one, else no record)")
+    sp.add_argument("--record-version", default=None,
+                    help="the record version for images whose manifest row names none")
+    sp.add_argument("--api", default=None, help="a remote semtag, e.g. https://semtag.example.org (default: "
+                                                "this installation, from the SEMTAG_* settings)")
+    sp.add_argument("--key", default=None, help="with --api: an ingest API key (default: SEMTAG_API_KEY)")
+    sp.add_argument("--workers", type=int, default=4, help="files hashed and sent in parallel")
+    sp.add_argument("--retries", type=int, default=8,
+                    help="tries again after an outage (503 with Retry-After, connection errors, a database outage) "
+                         "before a file fails")
+    sp.add_argument("--failures-csv", default=None, help="also write every failure (file, code, message) to this CSV")
+    sp.add_argument("--show-failures", type=int, default=20, help="failures listed in the summary")
+
+    sp = _add(sub, "reprocess", "read scales and/or classify again the images a filter selects (a reprocess job)",
+              cmd_reprocess, description=(
+                  "Read scales and/or classify again, as the reprocess job does: the images matching every "
+                  "filter given (none: all). Reclassifying adds the active model's prediction; human labels "
+                  "and curators' scale readings stay. With --api the job runs on that semtag; with a broker it "
+                  "is queued for the batch worker; in embedded mode it runs in this process."))
+    sp.add_argument("--steps", default="scale,classify", help="comma-separated: scale, classify")
+    sp.add_argument("--record-id", default=None, help="only the images of this record")
+    sp.add_argument("--record-version", default=None, help="with --record-id: that version only")
+    sp.add_argument("--uploaded-from", default=None, help="uploaded at or after, e.g. 2026-01-31 (UTC)")
+    sp.add_argument("--uploaded-before", default=None, help="uploaded before, e.g. 2026-02-01T00:00:00Z")
+    sp.add_argument("--status", default=None, help="comma-separated image states: pending, processing, done, failed")
+    sp.add_argument("--scale-source", default=None,
+                    help="comma-separated: metadata, ocr, none (no scale found), unread (no reading stored)")
+    sp.add_argument("--model-version", default=None, help="only images a prediction of this model version exists for")
+    sp.add_argument("--dry-run", action="store_true", help="count what would be done, change nothing")
+    sp.add_argument("--api", default=None, help="a remote semtag to run the job on (needs an admin key)")
+    sp.add_argument("--key", default=None, help="with --api: an admin API key (default: SEMTAG_API_KEY)")
+    sp.add_argument("--retries", type=int, default=8, help="with --api: tries again after an outage")
+    sp.add_argument("--no-wait", action="store_true",
+                    help="with --api or a broker: print the queued job and return instead of following it")
 
     sp = _add(sub, "apikey", "API keys (the new key is printed as the last line)", cmd_apikey)
     sp.add_argument("action", choices=["create", "list", "revoke"], help="create a key, list keys, or revoke --id")

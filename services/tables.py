@@ -24,7 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -83,7 +83,6 @@ class Image(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     filename: Mapped[str] = mapped_column(String(255))
-    record_id: Mapped[str | None] = mapped_column(String(255), index=True)
     bytes: Mapped[int] = mapped_column(BigInteger)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
@@ -109,7 +108,49 @@ class Image(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
-    __table_args__ = (Index("ix_images_status_updated", "status", "updated_at"),)
+    # The records (with their versions) the image belongs to, oldest first; loaded only where asked for
+    # (``selectinload(Image.records)``): the pipeline's many ``get`` calls never need them.
+    records: Mapped[list[ImageRecord]] = relationship(
+        back_populates="image", order_by="ImageRecord.id", lazy="raise_on_sql", passive_deletes=True)
+
+    # AUTOINCREMENT on SQLite: the id of an erased image is never given to another one (a task still in
+    # the broker, an audit row or a repository's link must not reach different bytes).
+    __table_args__ = (Index("ix_images_status_updated", "status", "updated_at"), {"sqlite_autoincrement": True})
+
+
+class ImageRecord(Base):
+    """An image (unique bytes) in a repository record: one row per (image, record, version).
+
+    ``record_version`` is the repository's name of the record version, ``""`` for an unversioned record
+    (a NOT NULL column, so that the unique constraint holds on PostgreSQL and SQLite alike)."""
+
+    __tablename__ = "image_records"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    record_id: Mapped[str] = mapped_column(String(255), index=True)
+    record_version: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="records")
+
+    __table_args__ = (UniqueConstraint("image_id", "record_id", "record_version", name="uq_image_records_link"),)
+
+
+class Deletion(Base):
+    """The audit trail of takedowns: who erased what, when (one row per DELETE)."""
+
+    __tablename__ = "deletions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))            # record | image
+    target: Mapped[str] = mapped_column(String(255))          # the record id, or the image id
+    record_version: Mapped[str | None] = mapped_column(String(64))
+    deleted_by: Mapped[str] = mapped_column(String(255))
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # images erased (id, sha256, filename), images kept because another record still holds them, the
+    # record links removed and the blob keys erased
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class ScaleReading(Base):
@@ -182,6 +223,22 @@ class HumanLabel(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class HumanScale(Base):
+    """A curator's scale reading (confirmed or corrected): the image's scale while it is the latest."""
+
+    __tablename__ = "scale_labels"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    scale_value: Mapped[float] = mapped_column(Float)
+    scale_unit: Mapped[str] = mapped_column(String(8))
+    bar_px: Mapped[float | None] = mapped_column(Float)
+    pixel_size_nm: Mapped[float] = mapped_column(Float)
+    action: Mapped[str] = mapped_column(String(16))  # confirmed (the machine's reading) | corrected
+    labelled_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Subcategory(Base):
     __tablename__ = "subcategories"
 
@@ -195,6 +252,11 @@ class Subcategory(Base):
     size: Mapped[int] = mapped_column(Integer)
     representatives: Mapped[list[int]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # A curator's name (None: the generated one); a re-run whose subcategory mostly matches this one's
+    # members (Jaccard >= 0.5) takes the name over and points back here with name_inherited_from.
+    named_by: Mapped[str | None] = mapped_column(String(255))
+    named_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    name_inherited_from: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Job(Base):
@@ -231,6 +293,19 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class UiSession(Base):
+    """A browser session of the curator console: an API key pasted once, held as an opaque cookie."""
+
+    __tablename__ = "ui_sessions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class WebhookDelivery(Base):
     """A signed ingest-webhook request already answered: a replay inside the signature window gets the
     first reply instead of being processed again (keyed by the SHA-256 of its signature)."""
@@ -242,3 +317,71 @@ class WebhookDelivery(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)   # null while the first request is processed
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class DeliveryStatus(str, enum.Enum):
+    pending = "pending"      # waiting for its next attempt
+    sending = "sending"      # claimed by a dispatcher (until lease_until)
+    delivered = "delivered"  # the receiver answered 2xx
+    dead = "dead"            # retried for the whole window: the dead-letter list
+
+
+class EventOutbox(Base):
+    """An outbound event, written in the transaction of the change it reports (the transactional outbox):
+    committed together or not at all. The dispatcher turns it into one delivery per matching subscription
+    (``dispatched_at``)."""
+
+    __tablename__ = "event_outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)  # the webhook-id, the same on every retry
+    type: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(255))  # what it is about: image/12, record/rec-1, model/v3…
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_event_outbox_undispatched", "dispatched_at", "id"),)
+
+
+class EventSubscription(Base):
+    """A receiver of events: where to POST, which types, signed with its own secret (kept: signing needs it)."""
+
+    __tablename__ = "event_subscriptions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))  # whsec_<base64>; never shown again after it is made
+    event_types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    metadata_format: Mapped[str] = mapped_column(String(16), default="kit-sem")  # image.processed's metadata
+    description: Mapped[str | None] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class EventDelivery(Base):
+    """One event to one subscription: its body (fixed when it is made, so every retry sends the same bytes
+    under the same webhook-id), its attempts and what the receiver last answered."""
+
+    __tablename__ = "event_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("event_outbox.id", ondelete="CASCADE"), index=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("event_subscriptions.id", ondelete="CASCADE"),
+                                                 index=True)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.pending.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # while sending
+    retry_from: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)  # the window's start
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("event_id", "subscription_id", name="uq_event_deliveries_event_subscription"),
+                      Index("ix_event_deliveries_due", "status", "next_attempt_at"))

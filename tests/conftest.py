@@ -67,8 +67,59 @@ def _reset_pg(url: str) -> None:
     migrate.upgrade(url)
     with get_engine(url).begin() as conn:
         conn.execute(text(
-            "TRUNCATE images, scale_readings, predictions, labels, subcategories, models, jobs, api_keys "
+            "TRUNCATE images, image_records, deletions, scale_readings, predictions, labels, scale_labels, "
+            "subcategories, models, jobs, api_keys, ui_sessions, event_outbox, event_subscriptions, event_deliveries "
             "RESTART IDENTITY CASCADE"))
+
+
+# ---- an S3 endpoint: moto's server (an S3 emulator over real HTTP), one per test session ----
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "semtag-test", "AWS_SECRET_ACCESS_KEY": "semtag-test-secret",
+          "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of an S3 emulator (moto's server mode) running in this process."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Credentials and region in the standard AWS variables, nothing else of AWS's from the environment."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    return {**S3_ENV, "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, s3_env: dict[str, str]) -> str:
+    """A new, empty bucket for one test."""
+    import boto3
+
+    name = f"semtag-t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_settings(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> Settings:
+    """Embedded defaults (SQLite, in-process tasks) with the blobs in the S3 emulator."""
+    return Settings(data_dir=tmp_path / "var", blob_url=f"s3://{s3_bucket}/blobs", s3_endpoint_url=s3_endpoint)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -112,7 +163,7 @@ class Client:
         return self.http.post("/v1/images", files=[("file", f) for f in files], data=data, headers=self.auth(role))
 
     def get(self, path: str, role: str = "read", **kw):
-        return self.http.get(path, headers=self.auth(role), **kw)
+        return self.http.get(path, headers={**self.auth(role), **kw.pop("headers", {})}, **kw)
 
     def activate_model(self, onnx_path: Path) -> str:
         """Register an exported model and make it the active one; its version."""
@@ -140,7 +191,7 @@ class Client:
     def wait(self) -> None:
         join = getattr(self.rt.queue, "join", None)
         if join:
-            join(timeout=60)
+            join(timeout=900)  # a bound for a hung task, not a speed expectation (CI runs on a loaded machine)
 
     def close(self) -> None:
         self.wait()

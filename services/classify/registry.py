@@ -102,11 +102,16 @@ def activate(session: Session, version: str) -> ModelVersion:
     if sha256_file(row.file_path) != row.file_sha256:
         raise BadInput(f"model {row.version}: its file {row.file_path} changed since it was registered",
                        "model_file_changed")
+    previous = active(session, row.task)
     session.execute(update(ModelVersion).where(ModelVersion.task == row.task, ModelVersion.id != row.id)
                     .values(active=False))
     session.flush()
     row.active = True
     session.flush()
+    if previous is None or previous.id != row.id:
+        from services.events import outbox as events  # here: the events domain reads images, which reads us
+
+        events.model_activated(session, row, previous.version if previous is not None else None)
     return row
 
 
