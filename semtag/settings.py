@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     # GPU deployments raise it (the k8s gpu overlay: 128)
     inference_batch_size: int = 8           # a batch is flushed at this many images …
     inference_batch_wait_ms: int = 50       # … or after this wait, whichever comes first
+    # one task takes up to this many batches' messages when they are waiting, so that the next batch is decoded
+    # while the model runs the current one (the engine never waits for a decode) and a task's fixed costs (the
+    # active model's lookup, the transactions) are shared
+    inference_batches_per_task: int = Field(default=2, ge=1, le=16)
     inference_threads: int | None = None    # intra-op threads; default: the process's cores
     inference_warmup: bool = True           # run each batch size once when a model is loaded
     # ONNX Runtime's CPU memory arena keeps the largest batch's activations for the life of the process

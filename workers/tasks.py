@@ -43,10 +43,12 @@ def read_scale(self: Task, image_id: int) -> str:
 _settings = get_settings()
 
 
-@app.task(name=TASK_CLASSIFY, base=Batches, flush_every=max(1, _settings.inference_batch_size),
+@app.task(name=TASK_CLASSIFY, base=Batches,
+          flush_every=max(1, _settings.inference_batch_size) * _settings.inference_batches_per_task,
           flush_interval=max(0.001, _settings.inference_batch_wait_ms / 1000.0))
 def classify(requests: list) -> dict:
-    """Dynamic batching: the inference queue's messages (one image id each) are run as one batch.
+    """Dynamic batching: the inference queue's messages (one image id each) are run in batches of
+    ``inference_batch_size``, up to ``inference_batches_per_task`` of them per task (decoding overlaps the runs).
 
     Messages are acknowledged after the batch (acks_late), so a worker killed mid-batch has the
     whole batch delivered again; predictions are unique per (image, model version).

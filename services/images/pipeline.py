@@ -47,6 +47,14 @@ def _locked(s, image_id: int) -> Image | None:  # noqa: ANN001
     return s.get(Image, image_id, with_for_update=True)
 
 
+def _locked_many(s, image_ids: list[int]) -> dict[int, Image]:  # noqa: ANN001
+    """The image rows of a batch, locked in id order by one statement (as :func:`_locked` does one by one:
+    two batches sharing images wait for each other instead of deadlocking); missing ids are left out."""
+    ids = sorted(set(image_ids))
+    rows = s.scalars(select(Image).where(Image.id.in_(ids)).order_by(Image.id).with_for_update()).all()
+    return {img.id: img for img in rows}
+
+
 def fail_image(rt: Runtime, image_id: int, reason: str) -> None:
     with rt.session() as s:
         img = _locked(s, image_id)
@@ -168,16 +176,19 @@ def warm_engine(rt: Runtime) -> str | None:
 
 
 def _store_predictions(rt: Runtime, model: ModelVersion, done: list) -> dict[int, str]:
+    """One transaction and a handful of statements per batch, whatever its size: the rows locked by one
+    SELECT … FOR UPDATE, the existing predictions found by one query, the new ones inserted together."""
     out = {}
     with rt.session() as s:
-        for iid, res in sorted(done, key=lambda d: d[0]):  # locks taken in id order: no deadlock between batches
-            img = _locked(s, iid)
+        images = _locked_many(s, [iid for iid, _ in done])
+        stored = set(s.scalars(select(Prediction.image_id).where(
+            Prediction.image_id.in_(list(images)), Prediction.model_version == model.version)))
+        for iid, res in sorted(done, key=lambda d: d[0]):
+            img = images.get(iid)
             if img is None or img.inference_state != StepState.pending.value:
                 out[iid] = "skipped"
                 continue
-            exists = s.scalar(select(Prediction.id).where(Prediction.image_id == iid,
-                                                         Prediction.model_version == model.version))
-            if exists is None:
+            if iid not in stored:
                 s.add(Prediction(image_id=iid, model_id=model.id, model_version=model.version, **res.to_dict()))
             if img.category_source != "human":
                 img.category, img.category_source, img.confidence = res.category, "model", res.confidence
@@ -199,8 +210,11 @@ def classify_batch(rt: Runtime, image_ids: list[int]) -> dict[int, str]:
     model = active_model(rt)
     todo: list[tuple[int, str]] = []
     with rt.session() as s:
-        for iid in sorted(set(image_ids)):  # locked in id order, as _store_predictions does: no deadlock
-            img = _locked(s, iid)  # 'no_model' and 'processing' are written beside the scale step's result
+        # locked in id order, as _store_predictions does: no deadlock; 'no_model' and 'processing' are written
+        # beside the scale step's result
+        images = _locked_many(s, image_ids)
+        for iid in sorted(set(image_ids)):
+            img = images.get(iid)
             if img is None or img.status == ImageStatus.failed.value or img.inference_state != StepState.pending.value:
                 out[iid] = "skipped"
                 continue
