@@ -74,6 +74,7 @@ def _images(n: int, out: Path) -> list[Path]:
 
 
 RAW_BATCHES = (1, 8, 16, 32)
+WORKER_ENV: dict[str, str] = {}  # --env: settings for the service and the worker (SEMTAG_…=value)
 
 
 def raw_engine(model: Path, sample: list[Path], seconds: float, rounds: int) -> dict[int, float]:
@@ -132,6 +133,7 @@ def pipeline(model: Path, paths: list[Path], batch: int, workdir: Path, uploader
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEMTAG_")}
     env.update({"SEMTAG_DATA_DIR": str(workdir / "var"), "SEMTAG_DATABASE_URL": db, "SEMTAG_BROKER_URL": REDIS,
                 "SEMTAG_INFERENCE_BATCH_SIZE": str(batch), "SEMTAG_INFERENCE_BATCH_WAIT_MS": "50"})
+    env.update(WORKER_ENV)
     sem = [sys.executable, "-m", "semtag"]
     procs = []
     try:
@@ -251,7 +253,10 @@ def main() -> None:
     ap.add_argument("--raw-seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    ap.add_argument("--env", action="append", default=[], metavar="SEMTAG_NAME=VALUE",
+                    help="a setting for the service and the worker, e.g. SEMTAG_INFERENCE_BATCHES_PER_TASK=1")
     args = ap.parse_args()
+    WORKER_ENV.update(kv.split("=", 1) for kv in args.env)
     tmp = Path(tempfile.mkdtemp(prefix="semtag-pipe-"))
     try:
         model = args.model or _model(tmp, args.int8)
@@ -269,7 +274,7 @@ def main() -> None:
                           f"images/s): {res['ratio_to_best_raw']:.2f}", flush=True)
                 runs.append(res)
         if args.out:
-            args.out.write_text(json.dumps({"model": "int8" if args.int8 else "fp32", "raw": raw,
+            args.out.write_text(json.dumps({"model": "int8" if args.int8 else "fp32", "env": WORKER_ENV, "raw": raw,
                                             "best_batch": best_b, "batch": args.batch, "runs": runs}, indent=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
