@@ -26,7 +26,6 @@ Usage: python bench/backfill.py [--n 3000] [--model FILE.int8.onnx] [--json out.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -38,22 +37,17 @@ import time
 import uuid
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import TICK, export_untrained, free_port, proc_cpu, process_tree
+
 PG_ADMIN = os.environ.get("SEMTAG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-TICK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
 
 def _model(tmp: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("models_speed", Path(__file__).with_name("models_speed.py"))
-    ms = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ms)
-    from models.export import export_run
-
-    run = ms._untrained_run(299, tmp)
-    export_run(run, int8=True, calibration_images=16)
-    return run / "model.int8.onnx"
+    return export_untrained(tmp, int8=True) / "model.int8.onnx"
 
 
 def _images(n: int, out: Path, bases: int = 60) -> list[Path]:
@@ -98,44 +92,11 @@ def _drop(name: str, url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _proc_cpu(pid: int) -> float:
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(f[11]) + int(f[12])) / TICK  # utime + stime
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def _children(pid: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
 def _machine() -> tuple[float, float]:
     """(busy, idle) CPU seconds of the whole machine since boot, from /proc/stat."""
     f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     user, nice, system, idle, iowait, irq, softirq, steal = (f + [0] * 8)[:8]
     return (user + nice + system + irq + softirq + steal) / TICK, (idle + iowait) / TICK
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class OwnRedis:
@@ -145,7 +106,7 @@ class OwnRedis:
     def __init__(self, workdir: Path) -> None:
         import redis
 
-        self.port = _free_port()
+        self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no", "--dir", str(workdir)],
@@ -189,13 +150,13 @@ class CpuMeter(threading.Thread):
             return []
 
     def sample(self) -> None:
-        groups = {name: _children(pid) for name, pid in list(self.trees.items())}
+        groups = {name: process_tree(pid) for name, pid in list(self.trees.items())}
         groups["postgres"] = self._pg_backends()
         with self.lock:
             for name, pids in groups.items():
                 seen = self.seen.setdefault(name, {})
                 for p in pids:
-                    seen[p] = max(seen.get(p, 0.0), _proc_cpu(p))
+                    seen[p] = max(seen.get(p, 0.0), proc_cpu(p))
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
@@ -320,7 +281,7 @@ def end_to_end(model: Path, archive: Path, n: int, workdir: Path, args: argparse
         _wait_workers({"bench-ocr", "bench-inference"}, workdir / "services.log")
         for label, p in procs.items():
             meter.trees[label] = p.pid
-        redis0 = _proc_cpu(redis_server.proc.pid)
+        redis0 = proc_cpu(redis_server.proc.pid)
         meter.sample()
         base = meter.totals()
         base_main = meter.main_process()
@@ -347,7 +308,7 @@ def end_to_end(model: Path, archive: Path, n: int, workdir: Path, args: argparse
         meter.join()
         meter.sample()
         busy1, idle1 = _machine()
-        redis1 = _proc_cpu(redis_server.proc.pid)
+        redis1 = proc_cpu(redis_server.proc.pid)
         with session_scope(db) as s:
             last = s.scalar(select(func.max(Image.updated_at)))
             failed = s.scalar(select(func.count()).select_from(Image).where(Image.status == "failed"))

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,11 +36,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import export_untrained, free_port, proc_cpu, process_tree
+
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = Path(__file__).with_name("capacity_measured.json")
 REAL = ROOT.parent / "shared" / "data" / "sem-real"
 PG_ADMIN = os.environ.get("SEMTAG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-TICK = os.sysconf("SC_CLK_TCK")
 
 # Figures measured earlier on this machine (bench/RESULTS.md), used as they stand.
 RESULTS_FIGURES = {
@@ -57,12 +58,6 @@ GPU_TARGET_IMAGES_PER_S = 10_000
 
 
 # ----------------------------------------------------------------------------------------------- measure
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cpu() -> str:
     info = Path("/proc/cpuinfo").read_text()
     model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
@@ -70,39 +65,14 @@ def _cpu() -> str:
     return f"{model} ({'AVX-512 VNNI' if 'avx512_vnni' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'})"
 
 
-def _tree(pid: int) -> list[int]:
-    """pid and all its descendants (from /proc)."""
-    kids: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
 def _cpu_s(pid: int) -> float:
     """CPU seconds (user + system) of a process tree, children still alive included."""
-    total = 0.0
-    for p in _tree(pid):
-        try:
-            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(f[11]) + int(f[12])) / TICK
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
+    return sum(proc_cpu(p) for p in process_tree(pid))
 
 
 def _rss_mb(pid: int) -> dict[int, float]:
     out = {}
-    for p in _tree(pid):
+    for p in process_tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -169,14 +139,7 @@ def _model(tmp: Path) -> Path:
 
 
 def _export_model(root: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("models_speed", Path(__file__).with_name("models_speed.py"))
-    ms = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ms)
-    from models.export import export_run
-
-    export_run(ms._untrained_run(299, root), int8=False, calibration_images=16)
+    export_untrained(root)
 
 
 def _engine_rss(model: Path, batch: int) -> float:
@@ -282,7 +245,7 @@ def measure(n: int) -> dict:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     db = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    rport = _free_port()
+    rport = free_port()
     rds = subprocess.Popen(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no",
                             "--dir", str(tmp)], stdout=subprocess.DEVNULL)
     broker = f"redis://127.0.0.1:{rport}/0"
@@ -309,7 +272,7 @@ def measure(n: int) -> dict:
                 break
             except redis.RedisError:
                 time.sleep(0.1)
-        port = _free_port()
+        port = free_port()
         log = open(tmp / "services.log", "ab")
         api = subprocess.Popen(sem + ["serve", "--port", str(port)], env=env, stdout=log, stderr=log)
         procs.append(api)

@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,17 +49,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import free_port  # noqa: E402 (after ROOT)
+
 FAULTS = ("kill-ocr", "kill-inference", "kill-batch", "kill-beat", "redis-kill", "redis-freeze", "postgres-stop",
           "api-kill")
 OUTAGE_S = 20.0
 RESTART_AFTER_S = 5.0
 FAULT_AT_S = 15.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin(name: str) -> str:
@@ -80,7 +76,7 @@ class Postgres:
     def __init__(self, root: Path) -> None:
         self.dir = root / "pg"
         self.sock = root / "pgsock"
-        self.port = _free_port()
+        self.port = free_port()
         for d in (self.dir, self.sock):
             d.mkdir(parents=True)
             if os.geteuid() == 0:
@@ -107,7 +103,7 @@ class Postgres:
 
 class Redis:
     def __init__(self, root: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.root = root
         self.proc: subprocess.Popen | None = None
         self.start()
@@ -159,7 +155,7 @@ class Deployment:
         os.chmod(root, 0o755)
         self.pg = Postgres(root / "db")
         self.redis = Redis(root)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SEMTAG_")}
         self.env.update({

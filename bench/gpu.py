@@ -44,6 +44,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import export_untrained
+
 GPU_BATCHES = (1, 8, 16, 32, 64, 128, 256)
 
 
@@ -64,15 +67,7 @@ def machine(force_cpu: bool) -> dict:
 
 def export_model(tmp: Path, size: int) -> tuple[Path, Path]:
     """(FP32, QDQ INT8) files of an untrained Inception-v3 exported the way `semtag export` does."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("models_speed", Path(__file__).with_name("models_speed.py"))
-    ms = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ms)
-    from models.export import export_run
-
-    run = ms._untrained_run(size, tmp)
-    export_run(run, int8=True, calibration_images=16)
+    run = export_untrained(tmp, size, int8=True)
     return run / "model.onnx", run / "model.int8.onnx"
 
 

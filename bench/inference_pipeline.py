@@ -27,11 +27,9 @@ Usage: python bench/inference_pipeline.py [--n 1000] [--batch 8] [--model FILE.o
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,21 +38,16 @@ import time
 import uuid
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
+from benchlib import export_untrained, free_port
 
 PG_ADMIN = os.environ.get("SEMTAG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("SEMTAG_TEST_REDIS", "redis://127.0.0.1:6379/12")
 
 
 def _model(tmp: Path, int8: bool) -> Path:
-    spec = importlib.util.spec_from_file_location("models_speed", Path(__file__).with_name("models_speed.py"))
-    ms = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ms)
-    from models.export import export_run
-
-    run = ms._untrained_run(299, tmp)
-    export_run(run, int8=int8, calibration_images=16)
-    return run / ("model.int8.onnx" if int8 else "model.onnx")
+    return export_untrained(tmp, int8=int8) / ("model.int8.onnx" if int8 else "model.onnx")
 
 
 def _images(n: int, out: Path) -> list[Path]:
@@ -114,12 +107,6 @@ def utc_now():  # the clock the predictions' created_at is written with
     return utcnow()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pipeline(model: Path, paths: list[Path], batch: int, workdir: Path, uploaders: int, mode: str) -> dict:
     import httpx
     import psycopg
@@ -147,7 +134,7 @@ def pipeline(model: Path, paths: list[Path], batch: int, workdir: Path, uploader
         subprocess.run(sem + ["models", "activate", version], env=env, check=True, capture_output=True)
         key = subprocess.run(sem + ["apikey", "create", "--role", "ingest"], env=env, check=True,
                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        port = _free_port()
+        port = free_port()
         log = open(workdir / "services.log", "ab")
         procs.append(subprocess.Popen(sem + ["serve", "--port", str(port)], env=env, stdout=log, stderr=log))
         procs.append(subprocess.Popen(sem + ["worker", "--queues", "inference", "--pool", "solo", "--concurrency",

@@ -44,6 +44,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import export_untrained, free_port
+
 PG_ADMIN = os.environ.get("SEMTAG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("SEMTAG_TEST_REDIS", "redis://127.0.0.1:6379/13")
 MAX_PIXELS = 150_000_000
@@ -159,25 +162,8 @@ def _status(pid: int, key: str) -> float:
     return float("nan")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _model(tmp: Path) -> Path:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("models_speed", Path(__file__).with_name("models_speed.py"))
-    ms = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ms)
-    from models.export import export_run
-
-    run = ms._untrained_run(299, tmp)
-    export_run(run, int8=False, calibration_images=4)
-    return run / "model.onnx"
+    return export_untrained(tmp, calibration_images=4) / "model.onnx"
 
 
 class Service:
@@ -274,7 +260,7 @@ def processes(paths: list[Path], model: Path, tmp: Path) -> dict[str, dict[str, 
     svc = Service(tmp / "full", {"SEMTAG_DATABASE_URL": db, "SEMTAG_BROKER_URL": REDIS})
     try:
         key = _setup(svc, model)
-        port = _free_port()
+        port = free_port()
         svc.start("API", "serve", "--port", str(port))
         svc.start("OCR worker", "worker", "--queues", "ocr", "--pool", "solo", "--loglevel", "WARNING")
         svc.start("inference worker", "worker", "--queues", "inference", "--pool", "solo", "--loglevel", "WARNING")
@@ -297,7 +283,7 @@ def processes(paths: list[Path], model: Path, tmp: Path) -> dict[str, dict[str, 
     svc = Service(tmp / "embedded", {})
     try:
         key = _setup(svc, model)
-        port = _free_port()
+        port = free_port()
         svc.start("embedded server", "serve", "--port", str(port))
         time.sleep(10)
         idle = {n: _status(p.pid, "VmRSS") for n, p in svc.procs.items()}
