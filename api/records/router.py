@@ -16,7 +16,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from api.dependencies import Principal, RuntimeDep, SessionDep, require
 from api.errors import AUTH_ERRORS, documented
 from services.export.formats import record_document
-from services.export.schemas import RoCrateMetadata
+from services.export.schemas import JsonLdDocument, RoCrateMetadata
 from services.images.schemas import ImageRead
 from services.records.schemas import DeletionPage, DeletionRead, RecordRead
 from services.records.service import delete_record, get_record, list_deletions
@@ -56,6 +56,19 @@ def get_ro_crate(record_id: str, session: SessionDep, _who: Reader,
     ro-crate-py. Served as `application/ld+json`; save it beside the record's files."""
     view = get_record(session, record_id, record_version, limit=None)
     return JSONResponse(record_document(view.record_id, view.versions, view.images, "ro-crate"), media_type=LD_JSON)
+
+
+@router.get("/v1/records/{record_id:path}/jsonld", response_model=JsonLdDocument,
+            response_class=JSONResponse, responses={
+                200: {"content": {LD_JSON: {"schema": {"$ref": "#/components/schemas/JsonLdDocument"}}},
+                      "description": "the record as a schema.org Dataset whose hasPart are its images"},
+                **documented(*AUTH_ERRORS, 404, 422)})
+def get_record_jsonld(record_id: str, session: SessionDep, _who: Reader,
+                      record_version: VersionQuery = None) -> JSONResponse:
+    """The record as JSON-LD: a schema.org `Dataset` (identifier, version) whose `hasPart` are its images,
+    each the `ImageObject` of `GET /v1/images/{id}/metadata?format=jsonld`, in the bundled context."""
+    view = get_record(session, record_id, record_version, limit=None)
+    return JSONResponse(record_document(view.record_id, view.versions, view.images, "jsonld"), media_type=LD_JSON)
 
 
 @router.get("/v1/records/{record_id:record_id}", response_model=RecordRead,

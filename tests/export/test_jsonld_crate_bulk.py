@@ -66,6 +66,20 @@ def test_jsonld_expands_with_the_bundled_context(labelled):
         _expand({"@context": "https://example.org/other-context", "name": "x"})
 
 
+def test_record_jsonld_is_a_dataset_of_its_images(labelled):
+    c, ids = labelled
+    r = c.get("/v1/records/rec-J/jsonld")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/ld+json"), r.text
+    [node] = _expand(r.json())
+    assert node["@type"] == [S + "Dataset"]
+    assert node[S + "identifier"][0]["@value"] == "rec-J" and node[S + "version"][0]["@value"] == "v1"
+    parts = node[S + "hasPart"]
+    assert len(parts) == len(ids) and all(p["@type"] == [S + "ImageObject"] for p in parts)
+    image = c.get(f"/v1/images/{ids[0]}/metadata", params={"format": "jsonld"}).json()
+    assert image["@id"] in {p["@id"] for p in parts}
+    assert c.get("/v1/records/nope/jsonld").status_code == 404
+
+
 def test_record_ro_crate_reads_back_and_has_its_required_entities(labelled, tmp_path: Path):
     c, ids = labelled
     r = c.get("/v1/records/rec-J/ro-crate")

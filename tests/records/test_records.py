@@ -98,6 +98,9 @@ def test_image_takedown_removes_it_from_every_record(client: Client) -> None:
     assert r.status_code == 200 and r.json()["images_erased"] == [iid] and r.json()["links_removed"] == 2
     assert client.get("/v1/records/r1").status_code == 404 and client.get("/v1/records/r2").status_code == 404
     assert _blobs(client) == set()
+    [audit] = client.get("/v1/admin/deletions", role="admin").json()["items"]
+    assert (audit["kind"], audit["target"], audit["images_erased"]) == ("image", str(iid), [iid])
+    assert audit["deleted_by"] and audit["deleted_at"]
     assert client.http.delete(f"/v1/images/{iid}", headers=client.auth("admin")).status_code == 404
     # the same bytes uploaded again later are a new image with a new id: ids are never reused
     again = client.upload(("t.png", data), record_id="r1").json()["items"][0]
