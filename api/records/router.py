@@ -23,10 +23,11 @@ from services.records.service import delete_record, get_record, list_deletions
 
 
 class RecordIdConvertor(Convertor[str]):
-    """The rest of the path (slashes included), except a trailing ``/ro-crate``: that is the crate's route,
-    and the record's own routes must not match it (nor advertise their methods for it)."""
+    """The rest of the path (slashes included), except a trailing ``/ro-crate`` or ``/jsonld``: those are the
+    record's documents' routes, and the record's own routes must not match them (nor advertise their methods
+    for them)."""
 
-    regex = r"(?:(?!/ro-crate$).)+"
+    regex = r"(?:(?!/(?:ro-crate|jsonld)$).)+"
 
     def convert(self, value: str) -> str:
         return value
