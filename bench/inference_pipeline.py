@@ -4,7 +4,8 @@
    each point timed --rounds times for at least --raw-seconds after a warm-up; the median of the
    rounds is the figure and their spread is printed. The denominator of every ratio is the *best*
    of these figures, whichever batch gives it.
-2. Decode + preprocess: ms per 1024×768 JPEG on one thread.
+2. Per image on one thread: the worker's decode + preprocess of a 1024×768 JPEG, its preprocess of the
+   input prepared at ingest, and the upload's check of the JPEG without and with keeping that input.
 3. Pipeline, two ways, each with N images (default 1,000) uploaded one per request over HTTP to
    `semtag serve`, queued on Redis, classified by a real `semtag worker --queues inference`
    (celery-batches), predictions stored in PostgreSQL:
@@ -14,8 +15,11 @@
      so the uploads' own CPU is in the ratio.
    * `drain`: the worker's consumer is paused (Celery remote control), the N images are uploaded and
      queued, then the consumer is resumed; images/s from the resume to the last prediction. This is
-     the worker's pipeline (broker, decode, model, database) as on a deployment where the API runs on
-     other hosts.
+     the worker's pipeline (broker, model input, model, database) as on a deployment where the API runs
+     on other hosts. The benchmark's images are grey JPEGs, so their model input was decoded by the
+     upload's own check (services.images.prepared) and the worker only reads it: the decode is inside
+     the `live` figure, with the API, and outside `drain`. `--env SEMTAG_INFERENCE_INPUT_SIDE=0` makes
+     the worker decode the JPEGs itself, as before.
 
 Needs PostgreSQL and Redis (as the tests do). Without --model an untrained Inception-v3 at 299²
 is exported first (speed only; its predictions mean nothing).
@@ -70,7 +74,8 @@ RAW_BATCHES = (1, 8, 16, 32)
 WORKER_ENV: dict[str, str] = {}  # --env: settings for the service and the worker (SEMTAG_…=value)
 
 
-def raw_engine(model: Path, sample: list[Path], seconds: float, rounds: int) -> dict[int, float]:
+def raw_engine(model: Path, sample: list[Path], seconds: float, rounds: int,
+               ) -> tuple[dict[int, float], dict[str, float]]:
     """Median images/s per batch size over ``rounds`` timed rounds of at least ``seconds`` each, with the
     engine configured as the worker configures it (threads, no spinning, no arena)."""
     from services.classify.inference import Engine
@@ -91,14 +96,39 @@ def raw_engine(model: Path, sample: list[Path], seconds: float, rounds: int) -> 
         speeds[b] = float(np.median(figures))
         print(f"raw engine batch {b}: {speeds[b]:.1f} images/s (median of {rounds} rounds of ≥ {seconds:.0f} s; "
               f"range {min(figures):.1f}–{max(figures):.1f})", flush=True)
-    t = time.perf_counter()
-    for p in sample[:64]:
-        eng.decode(p)
-    decode_ms = (time.perf_counter() - t) / len(sample[:64]) * 1000
+    per_image = per_image_costs(eng, sample[:64])
     best = max(speeds, key=speeds.get)
-    print(f"best raw: {speeds[best]:.1f} images/s at batch {best}; decode + preprocess {decode_ms:.1f} ms/image "
-          f"on one thread", flush=True)
-    return speeds
+    print(f"best raw: {speeds[best]:.1f} images/s at batch {best}; on one thread, per image: "
+          + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in per_image.items()), flush=True)
+    return speeds, per_image
+
+
+def per_image_costs(eng, sample: list[Path]) -> dict[str, float]:
+    """ms per image on one thread: the worker's decode + preprocess of the JPEG, its preprocess of the input
+    prepared at ingest, and the upload's check with and without keeping that input (the API's side)."""
+    from services.images import imaging, prepared
+
+    def ms(fn, items) -> float:
+        t = time.perf_counter()
+        for it in items:
+            fn(it)
+        return (time.perf_counter() - t) / len(items) * 1000
+
+    side = eng.pp.input_size
+    folder = Path(tempfile.mkdtemp(prefix="semtag-prepared-"))
+    try:
+        inputs = []
+        for n, p in enumerate(sample):
+            q = folder / f"{n}{prepared.SUFFIX}"
+            np.save(q, imaging.probe_keeping(p, 10**9, keep_min_side=side)[1].gray, allow_pickle=False)
+            inputs.append(q)
+        return {"decode_and_preprocess_ms": ms(eng.decode, sample),
+                "prepared_input_preprocess_ms": ms(eng.decode, inputs),
+                "upload_check_ms": ms(lambda p: imaging.probe(p, 10**9), sample),
+                "upload_check_keeping_input_ms": ms(lambda p: imaging.probe_keeping(p, 10**9, keep_min_side=side),
+                                                    sample)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def utc_now():  # the clock the predictions' created_at is written with
@@ -249,7 +279,7 @@ def main() -> None:
         model = args.model or _model(tmp, args.int8)
         (tmp / "imgs").mkdir()
         paths = _images(args.n, tmp / "imgs")
-        raw = raw_engine(model, paths, args.raw_seconds, args.rounds)
+        raw, per_image = raw_engine(model, paths, args.raw_seconds, args.rounds)
         best_b = max(raw, key=raw.get)
         runs = []
         for mode in args.modes.split(","):
@@ -262,7 +292,8 @@ def main() -> None:
                 runs.append(res)
         if args.out:
             args.out.write_text(json.dumps({"model": "int8" if args.int8 else "fp32", "env": WORKER_ENV, "raw": raw,
-                                            "best_batch": best_b, "batch": args.batch, "runs": runs}, indent=1))
+                                            "per_image_ms": per_image, "best_batch": best_b, "batch": args.batch,
+                                            "runs": runs}, indent=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # while the model runs the current one (the engine never waits for a decode) and a task's fixed costs (the
     # active model's lookup, the transactions) are shared
     inference_batches_per_task: int = Field(default=2, ge=1, le=16)
+    # a grey JPEG upload is decoded once, by the upload's own check, at the scale the classifier needs (both sides
+    # ≥ this) and kept until it is classified, so the inference worker does not decode it again; 0: it does
+    inference_input_side: int = Field(default=299, ge=0, le=4096)
     inference_threads: int | None = None    # intra-op threads; default: the process's cores
     inference_warmup: bool = True           # run each batch size once when a model is loaded
     # ONNX Runtime's CPU memory arena keeps the largest batch's activations for the life of the process

@@ -92,6 +92,8 @@ class Image(Base):
     mode: Mapped[str] = mapped_column(String(16))
     storage_key: Mapped[str] = mapped_column(String(255))
     sidecar_key: Mapped[str | None] = mapped_column(String(255))
+    # the classifier's input decoded at ingest (services.images.prepared), until the image is classified
+    input_key: Mapped[str | None] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default=ImageStatus.pending.value, index=True)
     error: Mapped[str | None] = mapped_column(Text)
     scale_state: Mapped[str] = mapped_column(String(16), default=StepState.pending.value)

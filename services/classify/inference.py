@@ -26,7 +26,8 @@ import numpy as np
 
 from services.classify.registry import META_KEY
 from services.errors import BadInput, BadParams
-from services.images.imaging import ImageRejected, decode_gray, release_memory
+from services.images import prepared
+from services.images.imaging import ImageRejected, decode_gray, reduce, release_memory
 from services.images.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, prepare_gray
 
 WARMUP_BATCHES = (1, 8, 32)
@@ -135,6 +136,13 @@ class Engine:
     def decode(self, path: Path | str) -> tuple[np.ndarray, float]:
         """(model input, colourfulness) for one file, decoded once at reduced size in bounded memory;
         raises ``ImageRejected``/``OSError``."""
+        if prepared.is_prepared(path):  # decoded at ingest (a grey JPEG): only the last reduction is left
+            try:
+                gray = prepared.load(path)
+            except (ValueError, OSError) as exc:
+                raise OSError(f"prepared input unreadable: {exc}") from exc
+            factor = min(gray.shape) // max(1, self.pp.input_size)
+            return prepare_gray(reduce(gray, factor) if factor > 1 else gray, self.pp), 0.0
         decoded = decode_gray(path, self.max_pixels, min_side=self.pp.input_size)
         return prepare_gray(decoded.gray, self.pp), decoded.colourfulness
 

@@ -356,9 +356,15 @@ def _probe_png(path: Path, max_pixels: int, verify: bool = True) -> ImageInfo:
     return info
 
 
-def _probe_pil(path: Path, fmt: str, max_pixels: int, limit: int, verify: bool = True) -> ImageInfo:
+def _probe_pil(path: Path, fmt: str, max_pixels: int, limit: int, verify: bool = True,
+               keep_min_side: int | None = None) -> tuple[ImageInfo, Decoded | None]:
     """JPEG and BMP: the header from Pillow, the data checked by a decode at 1/8 scale (JPEG, libjpeg's DCT
-    scaling, so a huge JPEG costs 1/64 of its pixels) or against the file size (uncompressed BMP)."""
+    scaling, so a huge JPEG costs 1/64 of its pixels) or against the file size (uncompressed BMP).
+
+    ``keep_min_side``: a grey JPEG is checked by decoding it instead at the scale :func:`decode_gray` would
+    give for that ``min_side``, and those pixels are returned (the classifier's input, decoded once: the
+    entropy decoding, most of a JPEG's cost, is the same at every DCT scale)."""
+    kept: Decoded | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -374,11 +380,18 @@ def _probe_pil(path: Path, fmt: str, max_pixels: int, limit: int, verify: bool =
                 info = _check_decoded(ImageInfo(fmt, int(width), int(height), _PIL_BITS.get(mode, 8), int(pages),
                                                 mode, bands, decoded), limit)
                 if not verify:
-                    return info
+                    return info, None
                 if fmt == "JPEG":  # a progressive decode keeps its coefficients whole: under the budget
-                    img.draft(mode, (max(1, width // 8), max(1, height // 8)))
-                    with _budget.hold(decoded if decoded > width * height * bands else decoded // 64):
+                    keep = bool(keep_min_side) and mode == "L" and bands == 1
+                    factor = _reduction(height, width, keep_min_side, None) if keep else 8
+                    dct = max((d for d in _JPEG_REDUCED if d <= factor), default=1)
+                    img.draft(mode, (max(1, width // dct), max(1, height // dct)))
+                    with _budget.hold(decoded if decoded > width * height * bands else decoded // (dct * dct)):
                         img.load()
+                        if keep:
+                            gray = np.asarray(img)
+                            gray = reduce(gray, factor // dct) if factor // dct > 1 else gray.copy()
+                            kept = Decoded(gray, dct * max(1, factor // dct), int(width), int(height), 0.0)
                 elif fmt == "BMP" and img.info.get("compression", 0) == 0 and img.tile:
                     offset = img.tile[0][2]
                     stride = ((width * _bmp_bits(path) + 31) // 32) * 4
@@ -391,7 +404,7 @@ def _probe_pil(path: Path, fmt: str, max_pixels: int, limit: int, verify: bool =
         raise
     except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise _decode_error(fmt, exc) from exc
-    return info
+    return info, kept
 
 
 def _bmp_bits(path: Path) -> int:
@@ -407,16 +420,24 @@ def probe(path: Path | str, max_pixels: int, max_decoded: int | None = None, ver
     pixels, or in decoded bytes: ``max_decoded``, by default this process's budget) files.
     ``verify=False`` reads the header only (a worker, for a file the upload already checked).
     """
+    return probe_keeping(path, max_pixels, max_decoded, verify)[0]
+
+
+def probe_keeping(path: Path | str, max_pixels: int, max_decoded: int | None = None, verify: bool = True,
+                  keep_min_side: int | None = None) -> tuple[ImageInfo, Decoded | None]:
+    """:func:`probe`, and with ``keep_min_side`` the pixels its check decoded, where that check decodes the
+    whole image anyway (a grey JPEG): what :func:`decode_gray` with that ``min_side`` gives, or None."""
     path = Path(path)
     fmt = _sniff_file(path)
     limit = max_decoded_bytes() if max_decoded is None else max_decoded
+    kept = None
     if fmt == "TIFF":
         info = _probe_tiff(path, max_pixels)
     elif fmt == "PNG":
         info = _probe_png(path, max_pixels, verify)
     else:
-        info = _probe_pil(path, fmt, max_pixels, limit, verify)
-    return _check_decoded(info, limit)
+        info, kept = _probe_pil(path, fmt, max_pixels, limit, verify, keep_min_side)
+    return _check_decoded(info, limit), kept
 
 
 # ---- decoding --------------------------------------------------------------------------------------

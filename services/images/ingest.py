@@ -18,7 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.errors import BadInput, QueueUnavailable
-from services.images.imaging import EmptyFile, probe
+from services.images import prepared
+from services.images.imaging import EmptyFile, probe_keeping
 from services.runtime import TASK_CLASSIFY, TASK_READ_SCALE, Runtime
 from services.storage import BlobWriter
 from services.tables import Image, ImageRecord, ImageStatus, StepState
@@ -135,7 +136,9 @@ def ingest_file(
     writer.close()
     if writer.size == 0:
         raise EmptyFile("the file is empty")
-    info = probe(writer.path, rt.settings.max_pixels, rt.settings.max_decoded_bytes)
+    # a grey JPEG's check decodes it at the classifier's scale: those pixels are kept (services.images.prepared)
+    info, kept = probe_keeping(writer.path, rt.settings.max_pixels, rt.settings.max_decoded_bytes,
+                               keep_min_side=rt.settings.inference_input_side or None)
     sha = writer.sha256
 
     known = _add_to_known(rt, sha, record_id, version, sidecar)
@@ -154,6 +157,7 @@ def ingest_file(
             s.flush()  # holds the sha256's unique slot (and, on SQLite, the write lock) from here to commit
             image.storage_key = rt.store.commit(writer, _SUFFIX.get(info.format, ""))
             image.sidecar_key = _store_sidecar(rt, sidecar)
+            image.input_key = prepared.store(rt.store, kept) if kept is not None else None
             _link(s, image, record_id, version)
             image_id = image.id
     except IntegrityError:  # the same bytes arrived concurrently: the other upload won

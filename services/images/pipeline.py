@@ -56,6 +56,7 @@ def _locked_many(s, image_ids: list[int]) -> dict[int, Image]:  # noqa: ANN001
 
 
 def fail_image(rt: Runtime, image_id: int, reason: str) -> None:
+    spent: set[str] = set()
     with rt.session() as s:
         img = _locked(s, image_id)
         if img is None:
@@ -65,6 +66,11 @@ def fail_image(rt: Runtime, image_id: int, reason: str) -> None:
         for attr in ("scale_state", "inference_state"):
             if getattr(img, attr) == StepState.pending.value:
                 setattr(img, attr, StepState.failed.value)
+        if img.input_key:  # no classification will read it now
+            spent = {img.input_key}
+            img.input_key = None
+            spent -= set(s.scalars(select(Image.input_key).where(Image.input_key.in_(spent))))
+    _erase_inputs(rt, spent)
 
 
 def _begin(rt: Runtime, image_id: int, state_attr: str) -> Image | None:
@@ -177,8 +183,10 @@ def warm_engine(rt: Runtime) -> str | None:
 
 def _store_predictions(rt: Runtime, model: ModelVersion, done: list) -> dict[int, str]:
     """One transaction and a handful of statements per batch, whatever its size: the rows locked by one
-    SELECT … FOR UPDATE, the existing predictions found by one query, the new ones inserted together."""
-    out = {}
+    SELECT … FOR UPDATE, the existing predictions found by one query, the new ones inserted together.
+    The prepared inputs of the classified images are erased after the commit."""
+    out: dict[int, str] = {}
+    spent: set[str] = set()
     with rt.session() as s:
         images = _locked_many(s, [iid for iid, _ in done])
         stored = set(s.scalars(select(Prediction.image_id).where(
@@ -193,9 +201,23 @@ def _store_predictions(rt: Runtime, model: ModelVersion, done: list) -> dict[int
             if img.category_source != "human":
                 img.category, img.category_source, img.confidence = res.category, "model", res.confidence
             img.inference_state = StepState.done.value
+            if img.input_key:
+                spent.add(img.input_key)
+                img.input_key = None
             refresh_status(img)
             out[iid] = res.category
+        if spent:  # content-addressed: another image could (in theory) share one
+            spent -= set(s.scalars(select(Image.input_key).where(Image.input_key.in_(spent))))
+    _erase_inputs(rt, spent)
     return out
+
+
+def _erase_inputs(rt: Runtime, keys: set[str]) -> None:
+    for key in keys:
+        try:
+            rt.store.delete(key)
+        except Exception:  # a leftover transient blob is harmless; the prediction is stored
+            log.warning("could not erase the prepared input %s", key, exc_info=True)
 
 
 def classify_batch(rt: Runtime, image_ids: list[int]) -> dict[int, str]:
@@ -208,7 +230,7 @@ def classify_batch(rt: Runtime, image_ids: list[int]) -> dict[int, str]:
     """
     out: dict[int, str] = {}
     model = active_model(rt)
-    todo: list[tuple[int, str]] = []
+    todo: list[tuple[int, str, str | None]] = []  # (id, original, prepared input)
     with rt.session() as s:
         # locked in id order, as _store_predictions does: no deadlock; 'no_model' and 'processing' are written
         # beside the scale step's result
@@ -225,15 +247,21 @@ def classify_batch(rt: Runtime, image_ids: list[int]) -> dict[int, str]:
                 continue
             if img.status == ImageStatus.pending.value:
                 img.status = ImageStatus.processing.value
-            todo.append((iid, img.storage_key))
+            todo.append((iid, img.storage_key, img.input_key))
     if not todo or model is None:
         return out
     engine = _engine(rt, model)
-    with rt.store.local_files([k for _, k in todo], missing_ok=True) as paths:  # a missing blob fails alone
-        results = list(engine.classify_paths(paths, batch_size=max(1, rt.settings.inference_batch_size)))
-    release_memory()  # the batch's decoded images and activations are freed: return the pages too
-    failed = [(iid, err or "cannot be decoded") for (iid, _), (_, res, err) in zip(todo, results) if res is None]
-    done = [(iid, res) for (iid, _), (_, res, _) in zip(todo, results) if res is not None]
+    # the input decoded at ingest where there is one for this model's scale (services.images.prepared)
+    usable = 0 < engine.pp.input_size <= rt.settings.inference_input_side
+    keys = [(inp if usable and inp else key) for _, key, inp in todo]
+    results = _classify_keys(rt, engine, keys)
+    retry = [n for n, ((_, _, err), k, (_, key, _)) in enumerate(zip(results, keys, todo)) if err and k != key]
+    if retry:  # a prepared input missing or unreadable: the original instead
+        log.warning("%d prepared input(s) could not be read; decoding the originals", len(retry))
+        for n, again in zip(retry, _classify_keys(rt, engine, [todo[n][1] for n in retry])):
+            results[n] = again
+    failed = [(iid, err or "cannot be decoded") for (iid, _, _), (_, res, err) in zip(todo, results) if res is None]
+    done = [(iid, res) for (iid, _, _), (_, res, _) in zip(todo, results) if res is not None]
     try:
         out.update(_store_predictions(rt, model, done))
     except IntegrityError:  # another worker stored some of them meanwhile: store one by one
@@ -246,6 +274,13 @@ def classify_batch(rt: Runtime, image_ids: list[int]) -> dict[int, str]:
         fail_image(rt, iid, f"decode failed: {reason}")
         out[iid] = "failed"
     return out
+
+
+def _classify_keys(rt: Runtime, engine, keys: list[str]) -> list:  # noqa: ANN001
+    with rt.store.local_files(keys, missing_ok=True) as paths:  # a missing blob fails alone
+        results = list(engine.classify_paths(paths, batch_size=max(1, rt.settings.inference_batch_size)))
+    release_memory()  # the batch's decoded images and activations are freed: return the pages too
+    return results
 
 
 def reconcile(rt: Runtime, older_than_s: float | None = None) -> int:

@@ -169,14 +169,15 @@ def _erase_rows(s: Session, images: list[Image]) -> list[str]:
     if not images:
         return []
     ids = [i.id for i in images]
-    keys = {k for i in images for k in (i.storage_key, i.sidecar_key) if k}
+    keys = {k for i in images for k in (i.storage_key, i.sidecar_key, i.input_key) if k}
     s.execute(delete(ScaleReading).where(ScaleReading.image_id.in_(ids)))
     s.execute(delete(Prediction).where(Prediction.image_id.in_(ids)))
     s.execute(delete(HumanLabel).where(HumanLabel.image_id.in_(ids)))
     s.execute(delete(ImageRecord).where(ImageRecord.image_id.in_(ids)))
     s.execute(delete(Image).where(Image.id.in_(ids)).execution_options(synchronize_session=False))
     still_used = set(s.scalars(select(Image.storage_key).where(Image.storage_key.in_(keys)))) | set(
-        s.scalars(select(Image.sidecar_key).where(Image.sidecar_key.in_(keys))))
+        s.scalars(select(Image.sidecar_key).where(Image.sidecar_key.in_(keys)))) | set(
+        s.scalars(select(Image.input_key).where(Image.input_key.in_(keys))))
     return sorted(keys - still_used)
 
 
