@@ -67,9 +67,8 @@ def fail_image(rt: Runtime, image_id: int, reason: str) -> None:
             if getattr(img, attr) == StepState.pending.value:
                 setattr(img, attr, StepState.failed.value)
         if img.input_key:  # no classification will read it now
-            spent = {img.input_key}
-            img.input_key = None
-            spent -= set(s.scalars(select(Image.input_key).where(Image.input_key.in_(spent))))
+            key, img.input_key = img.input_key, None
+            spent = _unused_inputs(s, {key})
     _erase_inputs(rt, spent)
 
 
@@ -206,10 +205,17 @@ def _store_predictions(rt: Runtime, model: ModelVersion, done: list) -> dict[int
                 img.input_key = None
             refresh_status(img)
             out[iid] = res.category
-        if spent:  # content-addressed: another image could (in theory) share one
-            spent -= set(s.scalars(select(Image.input_key).where(Image.input_key.in_(spent))))
+        spent = _unused_inputs(s, spent)
     _erase_inputs(rt, spent)
     return out
+
+
+def _unused_inputs(s, keys: set[str]) -> set[str]:  # noqa: ANN001
+    """The prepared-input keys no other image row still names (content-addressed: two could share one)."""
+    if not keys:
+        return keys
+    s.flush()  # the rows giving them up are written first
+    return keys - set(s.scalars(select(Image.input_key).where(Image.input_key.in_(keys))))
 
 
 def _erase_inputs(rt: Runtime, keys: set[str]) -> None:
