@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -309,6 +310,23 @@ def _round_value(r: OcrReading) -> float:
     return 0.25 - 0.15  # interpret took 0.25 off for a value that is not round; a guess costs 0.15
 
 
+def _restore_point(r: OcrReading, digits_before: int | None) -> None:
+    """A label read without the decimal point its glyphs show ('25 µm' where '2.5 µm' is drawn)
+    given the point back, where the value is then still a round one."""
+    if r.scale_value is None or digits_before is None:
+        return
+    digits = f"{r.scale_value:g}"
+    if not digits.isdigit() or digits_before >= len(digits):
+        return
+    value = float(digits[:digits_before] + "." + digits[digits_before:])
+    if not nice_value(value):
+        return
+    r.notes["decimal_point_restored"] = r.scale_value
+    r.scale_value = value
+    if r.bar_px and r.scale_unit:
+        r.pixel_size_nm = to_nm(value, r.scale_unit) / r.bar_px
+
+
 def _overlay_checks(gray: np.ndarray, bar: Bar, line: TextLine, notes: dict[str, Any]) -> float:
     """What a bar drawn over the image and its label say about the reading (a change of the raw
     score): a label above or below is centred on the whole bar, one beside it starts right at
@@ -337,6 +355,13 @@ def _overlay_checks(gray: np.ndarray, bar: Bar, line: TextLine, notes: dict[str,
     return delta
 
 
+def _label_candidates(gray: np.ndarray, bar: Bar, white: bool) -> Iterator[TextLine]:
+    """A bar's label lines, likeliest first: at the usual threshold, then (only if the loop asks
+    for more) at the strict one, where glyphs come apart from specimen nearly as bright."""
+    yield from label_lines(gray, bar, white=white)
+    yield from label_lines(gray, bar, white=white, strict=True)
+
+
 def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
     """No data bar: a scale bar drawn over the image, its label in the blobs right next to it."""
     h, w = gray.shape
@@ -348,7 +373,7 @@ def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
                   min(w, bar.right + pad_x), min(h, bar.bottom + pad_y))
         ink = 255 if gray[bar.y, int(bar.cx)] >= 128 else 0  # labels are drawn in the bar's colour
         candidates = []
-        for line in label_lines(gray, bar, white=ink == 255):
+        for line in _label_candidates(gray, bar, white=ink == 255):
             words, agreed = ocr.read_clean_line(line.clean, (line.box[0], line.box[1]))
             if ocr.find_labels(words):
                 r = interpret(words, [bar], {}, w, None)
@@ -359,6 +384,7 @@ def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
                     r.notes["readings_agree"] = agreed
                     delta += 0.1 if agreed else -0.2
                 delta += _overlay_checks(gray, bar, line, r.notes)
+                _restore_point(r, ocr.decimal_point(line.clean))
                 delta += _round_value(r)
                 if r.scale_unit == "µm" and ocr.unit_shape(line.clean) == "m":
                     r.notes["unit_shape"] = "no descender for a µ"  # an n read as µ would be 1000× off

@@ -507,7 +507,7 @@ class TextLine:
     clean: np.ndarray
 
 
-def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3) -> list[TextLine]:
+def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3, strict: bool = False) -> list[TextLine]:
     """Candidate label lines of a bar drawn over the image, likeliest first.
 
     Glyphs are the marks of the bar's own colour (halfway between it and the specimen's median
@@ -516,6 +516,10 @@ def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3) -> 
     specimen speck). A line counts when it sits centred above or below the bar, or level with
     it to its right or left, within a few line heights. Its marks are rendered alone, so that
     the specimen around them (bright specks next to white text) never reaches the OCR.
+
+    ``strict``: the glyphs are the marks halfway from that threshold to the bar's own level
+    instead (a label drawn in the bar's pure colour over specimen nearly as bright, which the
+    usual threshold joins to its glyphs); no lines where the two are close.
     """
     H, W = gray.shape
     L = bar.right - bar.left
@@ -525,6 +529,12 @@ def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3) -> 
     sub = gray[ry0:ry1, rx0:rx1]
     med = float(np.median(sub))
     thr = max(160.0, (255 + med) / 2) if white else min(95.0, med / 2)
+    if strict:
+        core = gray[bar.y, max(0, bar.left):bar.right + 1]
+        level = float(np.percentile(core, 90 if white else 10)) if core.size else thr
+        if abs(level - thr) < 24:
+            return []
+        thr += (level - thr) / 2
     mask = ((sub >= thr) if white else (sub <= thr)).astype(np.uint8)
     # the bar and its ticks out, so that a glyph touching an end stays a glyph
     mask[max(0, bar.top - ry0 - 1):bar.bottom - ry0 + 1, max(0, bar.left - rx0 - 1):bar.right - rx0 + 1] = 0

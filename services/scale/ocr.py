@@ -336,6 +336,38 @@ def unit_shape(clean: np.ndarray) -> str | None:
     return None  # a digit or merged glyphs: nothing to tell
 
 
+def decimal_point(clean: np.ndarray) -> int | None:
+    """Where an isolated label (dark on white) has a decimal point: the number of glyphs left of
+    a small mark that sits on the digits' baseline between two of them, or None. Tesseract often
+    drops such a point ('2.5 µm' read as '25 µm', and both are round values)."""
+    bw = (clean < 128).astype(np.uint8)
+    n, _, st, _ = cv2.connectedComponentsWithStats(bw, connectivity=8)
+    comps = [[int(v) for v in st[i]] for i in range(1, n) if st[i][4] >= 2]
+    if len(comps) < 3:
+        return None
+    hd = max(c[3] for c in comps)
+    tall = sorted((c for c in comps if c[3] >= 0.6 * hd), key=lambda c: c[0])
+    if len(tall) < 2 or hd < 8:
+        return None
+    glyphs: list[list[int]] = []  # tall marks overlapping in x are one glyph
+    for x, y, w, h, _ in tall:
+        if glyphs and x < glyphs[-1][1] - 1:
+            glyphs[-1][1] = max(glyphs[-1][1], x + w)
+            glyphs[-1][2] = max(glyphs[-1][2], y + h)
+        else:
+            glyphs.append([x, x + w, y + h])
+    baseline = float(np.median([g[2] for g in glyphs[:2]]))  # the number comes first
+    for x, y, w, h, area in comps:
+        if h > 0.3 * hd or w > 0.3 * hd or w < 0.06 * hd or area < 0.4 * w * h:
+            continue
+        if abs(y + h - baseline) > max(1.5, 0.12 * hd):
+            continue
+        left = sum(g[1] <= x for g in glyphs)
+        if 0 < left < len(glyphs) and glyphs[left][0] >= x + w and glyphs[left][0] - glyphs[left - 1][1] >= w + 2:
+            return left  # clear of both neighbours, in a gap that the point widens
+    return None
+
+
 def _agrees(words: list[Word], shape: str | None) -> bool:
     labels = find_labels(words)
     if not labels:
