@@ -14,8 +14,8 @@ glyphs alone (:func:`read_overlay`). ``notes['path']`` says which: data bar, pan
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -289,9 +289,9 @@ def _read_panel(gray: np.ndarray, panel: tuple[int, int, int, int], image_width:
 
 
 def _round_value(r: OcrReading) -> float:
-    """A label over the image read as a value no bar is drawn at ('306 nm', '2004 µm': a 0 read as
-    6, a µ as '4u') replaced by the one round value a single such slip gives, if there is exactly
-    one; a change of the raw score (a guess costs)."""
+    """A label over the image read as a value no bar is drawn at ('306 nm', '2004 µm', '1500 nm':
+    a 0 read as 6, a µ as '4u', a speck as a digit) replaced by the one round value a single such
+    slip gives, if there is exactly one; a change of the raw score (a guess costs)."""
     if r.scale_value is None or nice_value(r.scale_value):
         return 0.0
     digits = f"{r.scale_value:g}"
@@ -299,8 +299,11 @@ def _round_value(r: OcrReading) -> float:
         return 0.0
     cands = {digits[:i] + "0" + digits[i + 1:] for i in range(1, len(digits)) if digits[i] in "689"}
     nice = sorted({float(c) for c in cands if nice_value(float(c))})
-    if not nice and len(digits) >= 3:  # one glyph too many at the end (a µ read as '4u')
-        nice = [float(digits[:-1])] if nice_value(float(digits[:-1])) else []
+    if not nice and len(digits) >= 3:
+        # one glyph too many at the end (a µ read as '4u') or at the start (a speck before the
+        # label read as a digit: '1500 nm', '220 µm'), where only one of them is round
+        ends = {float(d) for d in (digits[:-1], digits[1:]) if d[0] != "0" and nice_value(float(d))}
+        nice = sorted(ends)
     if len(nice) != 1:
         return 0.0
     r.notes["value_corrected_from"] = r.scale_value
@@ -389,9 +392,13 @@ def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
                 if r.scale_unit == "µm" and ocr.unit_shape(line.clean) == "m":
                     r.notes["unit_shape"] = "no descender for a µ"  # an n read as µ would be 1000× off
                     delta -= 0.25
+                if line.crowded:
+                    r.notes["label_crowded"] = True  # a glyph may be missing: look on, at the strict threshold
+                    delta -= 0.2
                 r.confidence = float(np.clip(r.confidence + delta, 0.0, 0.99))
                 candidates.append(r)
-                break
+                if not line.crowded:
+                    break
         if not candidates:
             words = _read_blobs(gray, _blobs_near(text_blobs(gray, region, [bar], ink=ink), [bar]))
             candidates = [interpret(words, [bar], ocr.parse_fields(_text_of(words)), w, None)] if words else []

@@ -505,6 +505,7 @@ class TextLine:
     where: str
     score: float
     clean: np.ndarray
+    crowded: bool = False  # a mark larger than a glyph right at one end: a glyph may be joined to specimen
 
 
 def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3, strict: bool = False) -> list[TextLine]:
@@ -602,9 +603,23 @@ def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3, str
         sel = _marks_inside(lab, st, (bx0 - rx0, by0 - ry0, bx1 - rx0, by1 - ry0), [g[:4] for g in members])
         clean = _grey_glyphs(gray[by0:by1, bx0:bx1], sel, white, thr)
         score = placed[1] + abs(cx - bar.cx) / max(L, 1) * (placed[0] in ("above", "below"))
-        out.append(TextLine((bx0, by0, bx1, by1), placed[0], score, clean))
+        crowded = _crowded(st, (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0), hm)
+        out.append(TextLine((bx0, by0, bx1, by1), placed[0], score, clean, crowded))
     out.sort(key=lambda t: t.score)
     return out[:max_lines]
+
+
+def _crowded(st: np.ndarray, box: tuple[int, int, int, int], glyph_h: float) -> bool:
+    """Whether a mark taller or wider than a glyph lies level with a text line, right beside
+    one of its ends (a glyph of the label joined to specimen of its colour is such a mark)."""
+    x0, y0, x1, y1 = box
+    lh = max(1, y1 - y0)
+    gap = 0.6 * glyph_h
+    x, y, w, h = (st[1:, k].astype(np.int64) for k in range(4))
+    big = (h > 1.7 * glyph_h) | (w > 2.5 * glyph_h)  # glyph-sized marks: the line's grouping has judged them
+    level = np.minimum(y + h, y1 - 0.2 * lh) - np.maximum(y, y0 + 0.2 * lh) > 0
+    beside = ((x0 - gap <= x + w) & (x + w <= x0 + 1)) | ((x1 - 1 <= x) & (x <= x1 + gap))
+    return bool(np.any(big & level & beside))
 
 
 def _marks_inside(lab: np.ndarray, st: np.ndarray, box: tuple[int, int, int, int],
