@@ -524,7 +524,7 @@ def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3, str
     """
     H, W = gray.shape
     L = bar.right - bar.left
-    pad_x, pad_y = int(max(L, 200, 0.12 * W)), int(max(40, 0.6 * L))
+    pad_x, pad_y = int(max(L, 200, 0.12 * W)), int(max(40, 0.6 * L, 0.09 * H))
     rx0, ry0 = max(0, bar.left - pad_x), max(0, bar.top - pad_y)
     rx1, ry1 = min(W, bar.right + pad_x), min(H, bar.bottom + pad_y)
     sub = gray[ry0:ry1, rx0:rx1]

@@ -110,7 +110,8 @@ def read_label_glyphs(gray: np.ndarray, blob: tuple[int, int, int, int]) -> Word
 
     The last glyph must be an x-height 'm' after taller digits; the glyph before it is µ when it
     descends below the baseline, otherwise n, u or m as read with only those letters allowed;
-    the glyphs left of the unit are read with only digits and the decimal point allowed.
+    the glyphs left of the unit are read with only digits and the decimal point allowed, at
+    three sizes, and the value is the one two of them agree on.
     """
     x0, y0, x1, y1 = blob
     crop = gray[y0:y1, x0:x1]
@@ -137,13 +138,19 @@ def read_label_glyphs(gray: np.ndarray, blob: tuple[int, int, int, int]) -> Word
         if unit is None:
             return None
     nx1 = x0 + u[0] - 1
-    words = read_words(gray[y0:y1, max(0, x0 - 2):nx1], (max(0, x0 - 2), y0),
-                       scale=_blob_scale(y1 - y0), psm=7, whitelist="0123456789.")
-    number = "".join(w.text for w in words)
-    if not re.fullmatch(r"\d{1,4}(?:\.\d{1,3})?", number):
+    readings: dict[str, list[float]] = {}
+    for k in (1.0, 1.5, 2.0):  # a digit dropped at one size is kept at the others: the value two sizes agree on
+        words = read_words(gray[y0:y1, max(0, x0 - 2):nx1], (max(0, x0 - 2), y0),
+                           scale=k * _blob_scale(y1 - y0), psm=7, whitelist="0123456789.")
+        number = "".join(w.text for w in words)
+        if re.fullmatch(r"\d{1,4}(?:\.\d{1,3})?", number):
+            readings.setdefault(number, []).append(min(w.conf for w in words))
+        if any(len(v) >= 2 for v in readings.values()):
+            break
+    agreed = [n for n, confs in readings.items() if len(confs) >= 2]
+    if not agreed:
         return None
-    conf = min(w.conf for w in words)
-    return Word(number + unit, conf, x0, y0, x1 - x0, y1 - y0, by_glyphs=True)
+    return Word(agreed[0] + unit, min(readings[agreed[0]]), x0, y0, x1 - x0, y1 - y0, by_glyphs=True)
 
 
 def lines_of(words: list[Word]) -> list[list[Word]]:
