@@ -358,6 +358,9 @@ def _overlay_checks(gray: np.ndarray, bar: Bar, line: TextLine, notes: dict[str,
     return delta
 
 
+WEAK_LABEL = 0.7  # a label read over the image with a lower raw score is compared with the other lines
+
+
 def _label_candidates(gray: np.ndarray, bar: Bar, white: bool) -> Iterator[TextLine]:
     """A bar's label lines, likeliest first: at the usual threshold, then (only if the loop asks
     for more) at the strict one, where glyphs come apart from specimen nearly as bright."""
@@ -397,8 +400,8 @@ def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
                     delta -= 0.2
                 r.confidence = float(np.clip(r.confidence + delta, 0.0, 0.99))
                 candidates.append(r)
-                if not line.crowded:
-                    break
+                if not line.crowded and r.confidence >= WEAK_LABEL:
+                    break  # else look on: a likelier line, or the strict threshold, may read better
         if not candidates:
             words = _read_blobs(gray, _blobs_near(text_blobs(gray, region, [bar], ink=ink), [bar]))
             candidates = [interpret(words, [bar], ocr.parse_fields(_text_of(words)), w, None)] if words else []
