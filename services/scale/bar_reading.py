@@ -363,9 +363,17 @@ WEAK_LABEL = 0.7  # a label read over the image with a lower raw score is compar
 
 def _label_candidates(gray: np.ndarray, bar: Bar, white: bool) -> Iterator[TextLine]:
     """A bar's label lines, likeliest first: at the usual threshold, then (only if the loop asks
-    for more) at the strict one, where glyphs come apart from specimen nearly as bright."""
-    yield from label_lines(gray, bar, white=white)
-    yield from label_lines(gray, bar, white=white, strict=True)
+    for more) at the strict one, where glyphs come apart from specimen nearly as bright, then at
+    the loose one, where JPEG-dimmed thin strokes stay whole; a line already read is not read again."""
+    seen: set[bytes] = set()
+    for lines in (lambda: label_lines(gray, bar, white=white),
+                  lambda: label_lines(gray, bar, white=white, strict=True),
+                  lambda: label_lines(gray, bar, white=white, loose=True)):
+        for line in lines():
+            key = line.clean.tobytes() + bytes(str(line.box), "ascii")
+            if key not in seen:  # the same glyphs at another threshold: read once
+                seen.add(key)
+                yield line
 
 
 def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
@@ -402,6 +410,11 @@ def read_overlay(gray: np.ndarray, bars: list[Bar]) -> OcrReading:
                 candidates.append(r)
                 if not line.crowded and r.confidence >= WEAK_LABEL:
                     break  # else look on: a likelier line, or the strict threshold, may read better
+        labels = [(r.scale_value, r.scale_unit) for r in candidates]
+        for r in candidates:
+            if labels.count((r.scale_value, r.scale_unit)) >= 2:  # two lines or thresholds read the same label
+                r.notes["lines_agree"] = True
+                r.confidence = float(min(0.99, r.confidence + 0.1))
         if not candidates:
             words = _read_blobs(gray, _blobs_near(text_blobs(gray, region, [bar], ink=ink), [bar]))
             candidates = [interpret(words, [bar], ocr.parse_fields(_text_of(words)), w, None)] if words else []

@@ -508,7 +508,8 @@ class TextLine:
     crowded: bool = False  # a mark larger than a glyph right at one end: a glyph may be joined to specimen
 
 
-def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3, strict: bool = False) -> list[TextLine]:
+def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3, strict: bool = False,
+                loose: bool = False) -> list[TextLine]:
     """Candidate label lines of a bar drawn over the image, likeliest first.
 
     Glyphs are the marks of the bar's own colour (halfway between it and the specimen's median
@@ -520,7 +521,9 @@ def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3, str
 
     ``strict``: the glyphs are the marks halfway from that threshold to the bar's own level
     instead (a label drawn in the bar's pure colour over specimen nearly as bright, which the
-    usual threshold joins to its glyphs); no lines where the two are close.
+    usual threshold joins to its glyphs); no lines where the two are close. ``loose``: a third of
+    the way from the usual threshold towards the specimen's median (thin strokes of a small label
+    that JPEG dimmed below the usual one).
     """
     H, W = gray.shape
     L = bar.right - bar.left
@@ -536,6 +539,10 @@ def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3, str
         if abs(level - thr) < 24:
             return []
         thr += (level - thr) / 2
+    elif loose:
+        if abs(thr - med) < 40:
+            return []
+        thr -= (thr - med) / 3
     mask = ((sub >= thr) if white else (sub <= thr)).astype(np.uint8)
     # the bar and its ticks out, so that a glyph touching an end stays a glyph
     mask[max(0, bar.top - ry0 - 1):bar.bottom - ry0 + 1, max(0, bar.left - rx0 - 1):bar.right - rx0 + 1] = 0

@@ -89,13 +89,61 @@ def test_working_distance_and_field_width_are_not_the_scale():
 def test_a_misread_digit_of_a_round_label_is_corrected_and_marked():
     from services.scale.bar_reading import OcrReading, _round_value
 
-    for read, expected in [(306.0, 300.0), (2004.0, 200.0), (506.0, 500.0)]:
+    for read, expected in [(306.0, 300.0), (2004.0, 200.0), (506.0, 500.0), (1500.0, 500.0), (220.0, 20.0)]:
         r = OcrReading(scale_value=read, scale_unit="nm", bar_px=100.0, pixel_size_nm=read / 100)
         assert _round_value(r) < 0.25 and r.scale_value == expected and r.notes["value_corrected_from"] == read
         assert r.pixel_size_nm == expected / 100
-    for read in (200.0, 250.0, 123.0):  # round already; or no single slip from a round value
+    for read in (200.0, 250.0, 123.0, 34.0, 2050.0):  # round already; or no single slip from a round value
         r = OcrReading(scale_value=read, scale_unit="nm", bar_px=100.0)
         assert _round_value(r) == 0.0 and r.scale_value == read
+
+
+def _isolated_label(text: str, size: int = 30) -> np.ndarray:
+    """A label as databar.label_lines isolates it: dark glyphs on white, cropped to the ink."""
+    from PIL import Image, ImageDraw
+
+    from services.scale.render import font_named
+
+    img = Image.new("L", (size * len(text), size * 2), 255)
+    ImageDraw.Draw(img).text((4, 4), text, font=font_named("sans", size), fill=0)
+    a = np.array(img)
+    ys, xs = np.nonzero(a < 128)
+    return a[ys.min() - 2:ys.max() + 3, xs.min() - 2:xs.max() + 3]
+
+
+def test_a_decimal_point_the_glyphs_show_is_given_back():
+    """Tesseract often drops the point of '2.5 µm' (and 25 µm is a round value too): the point is
+    looked for among the isolated glyphs, and the value gets it back."""
+    from services.scale.bar_reading import OcrReading, _restore_point
+
+    assert ocr.decimal_point(_isolated_label("2.5 µm")) == 1
+    assert ocr.decimal_point(_isolated_label("0.5 µm")) == 1
+    assert ocr.decimal_point(_isolated_label("25 µm")) is None
+    assert ocr.decimal_point(_isolated_label("200 nm")) is None
+    r = OcrReading(scale_value=25.0, scale_unit="µm", bar_px=100.0, pixel_size_nm=250.0)
+    _restore_point(r, ocr.decimal_point(_isolated_label("2.5 µm")))
+    assert (r.scale_value, r.pixel_size_nm, r.notes["decimal_point_restored"]) == (2.5, 25.0, 25.0)
+    r = OcrReading(scale_value=25.0, scale_unit="µm", bar_px=100.0, pixel_size_nm=250.0)
+    _restore_point(r, ocr.decimal_point(_isolated_label("25 µm")))
+    assert r.scale_value == 25.0 and "decimal_point_restored" not in r.notes
+
+
+def test_white_label_over_specimen_nearly_as_bright_is_read(tmp_path):
+    """A white label without a halo whose unit lies over a light-grey fibre: at the usual threshold
+    the fibre and the unit are one mark (nothing was read); at the strict one they come apart."""
+    import cv2
+
+    from services.scale.render import render_bar_over
+
+    rng = np.random.default_rng(1)
+    img = np.clip(rng.normal(45, 8, (600, 800)), 0, 255).astype(np.uint8)
+    img[:, 300:400] = 200
+    out, truth = render_bar_over(img, 500, "µm", 180, 200, 300, fg=255, halo=0, thickness=5, label_pos="above",
+                                 font_name="sans", font_size=28)
+    cv2.imwrite(str(tmp_path / "fibre.png"), out)
+    res = read_scale(tmp_path / "fibre.png")
+    assert (res.scale_value, res.scale_unit, res.bar_px) == (500.0, "µm", truth.bar_px)
+    assert res.source == "ocr" and res.detail["ocr"]["path"] == "overlay"
 
 
 def test_fields_parsed_from_data_bar_text():
