@@ -302,7 +302,9 @@ def _round_value(r: OcrReading) -> float:
     if not nice and len(digits) >= 3:
         # one glyph too many at the end (a µ read as '4u') or at the start (a speck before the
         # label read as a digit: '1500 nm', '220 µm'), where only one of them is round
-        ends = {float(d) for d in (digits[:-1], digits[1:]) if d[0] != "0" and nice_value(float(d))}
+        # (a leading 1 is kept: '150 nm' and '1200 nm' are labels too)
+        ends = {float(d) for d in (digits[:-1],) + ((digits[1:],) if digits[0] != "1" else ())
+                if d[0] != "0" and nice_value(float(d))}
         nice = sorted(ends)
     if len(nice) != 1:
         return 0.0
@@ -315,14 +317,14 @@ def _round_value(r: OcrReading) -> float:
 
 def _restore_point(r: OcrReading, digits_before: int | None) -> None:
     """A label read without the decimal point its glyphs show ('25 µm' where '2.5 µm' is drawn)
-    given the point back, where the value is then still a round one."""
+    given the point back (:func:`ocr.decimal_point` finds it), where the value is then still round."""
     if r.scale_value is None or digits_before is None:
         return
     digits = f"{r.scale_value:g}"
     if not digits.isdigit() or digits_before >= len(digits):
         return
     value = float(digits[:digits_before] + "." + digits[digits_before:])
-    if not nice_value(value):
+    if not nice_value(value):  # (a round value stays round by a power of ten: the point's own evidence decides)
         return
     r.notes["decimal_point_restored"] = r.scale_value
     r.scale_value = value
@@ -364,7 +366,8 @@ WEAK_LABEL = 0.7  # a label read over the image with a lower raw score is compar
 def _label_candidates(gray: np.ndarray, bar: Bar, white: bool) -> Iterator[TextLine]:
     """A bar's label lines, likeliest first: at the usual threshold, then (only if the loop asks
     for more) at the strict one, where glyphs come apart from specimen nearly as bright, then at
-    the loose one, where JPEG-dimmed thin strokes stay whole; a line already read is not read again."""
+    the loose one, where JPEG-dimmed thin strokes stay whole; a line rendered exactly as one already
+    read (the same box and glyphs) is not read again."""
     seen: set[bytes] = set()
     for lines in (lambda: label_lines(gray, bar, white=white),
                   lambda: label_lines(gray, bar, white=white, strict=True),

@@ -536,8 +536,8 @@ def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3, str
     if strict:
         core = gray[bar.y, max(0, bar.left):bar.right + 1]
         level = float(np.percentile(core, 90 if white else 10)) if core.size else thr
-        if abs(level - thr) < 24:
-            return []
+        if (level - thr if white else thr - level) < 24:
+            return []  # the bar is not clearly beyond the usual threshold: nothing stricter to try
         thr += (level - thr) / 2
     elif loose:
         if abs(thr - med) < 40:

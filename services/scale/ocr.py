@@ -370,8 +370,14 @@ def decimal_point(clean: np.ndarray) -> int | None:
         if abs(y + h - baseline) > max(1.5, 0.12 * hd):
             continue
         left = sum(g[1] <= x for g in glyphs)
-        if 0 < left < len(glyphs) and glyphs[left][0] >= x + w and glyphs[left][0] - glyphs[left - 1][1] >= w + 2:
-            return left  # clear of both neighbours, in a gap that the point widens
+        if not 0 < left < len(glyphs) or glyphs[left][0] < x + w:
+            continue
+        gap = glyphs[left][0] - glyphs[left - 1][1]
+        others = [b[0] - a[1] for a, b in zip(glyphs, glyphs[1:]) if b is not glyphs[left]]
+        # clear of both neighbours, in a gap the point widens well beyond the narrowest other one
+        # (a speck in the ordinary gap between two digits is no point)
+        if gap >= w + 2 and (not others or gap >= 2 * max(1, min(others)) + w):
+            return left
     return None
 
 

@@ -89,11 +89,11 @@ def test_working_distance_and_field_width_are_not_the_scale():
 def test_a_misread_digit_of_a_round_label_is_corrected_and_marked():
     from services.scale.bar_reading import OcrReading, _round_value
 
-    for read, expected in [(306.0, 300.0), (2004.0, 200.0), (506.0, 500.0), (1500.0, 500.0), (220.0, 20.0)]:
+    for read, expected in [(306.0, 300.0), (2004.0, 200.0), (506.0, 500.0), (3500.0, 500.0), (220.0, 20.0)]:
         r = OcrReading(scale_value=read, scale_unit="nm", bar_px=100.0, pixel_size_nm=read / 100)
         assert _round_value(r) < 0.25 and r.scale_value == expected and r.notes["value_corrected_from"] == read
         assert r.pixel_size_nm == expected / 100
-    for read in (200.0, 250.0, 123.0, 34.0, 2050.0):  # round already; or no single slip from a round value
+    for read in (200.0, 250.0, 123.0, 34.0, 2050.0, 150.0, 1200.0):  # round already; no single slip; 1.5, 1.2
         r = OcrReading(scale_value=read, scale_unit="nm", bar_px=100.0)
         assert _round_value(r) == 0.0 and r.scale_value == read
 
@@ -126,6 +126,13 @@ def test_a_decimal_point_the_glyphs_show_is_given_back():
     r = OcrReading(scale_value=25.0, scale_unit="µm", bar_px=100.0, pixel_size_nm=250.0)
     _restore_point(r, ocr.decimal_point(_isolated_label("25 µm")))
     assert r.scale_value == 25.0 and "decimal_point_restored" not in r.notes
+    for text in ("100 nm", "10 µm"):  # a speck on the baseline in the ordinary gap between two digits is no point
+        label = _isolated_label(text, 48)
+        ink = np.nonzero((label < 128).any(axis=0))[0]
+        x = int(ink[np.argmax(np.diff(ink) > 1)]) + 2  # just right of the first digit
+        base = int(np.nonzero((label[:, : x - 1] < 128).any(axis=1))[0].max())
+        label[base - 4:base + 1, x:x + 3] = 0
+        assert ocr.decimal_point(label) is None, text
 
 
 def test_white_label_over_specimen_nearly_as_bright_is_read(tmp_path):
@@ -656,10 +663,11 @@ def test_bars_over_real_micrographs_and_no_false_positives(tmp_path):
     """Bars and labels drawn straight over real micrographs are read, and the plain real images
     (no bar at all) get no reading."""
     from bench.scale_sets import evaluate, plain_set
-    from services.scale.calibration import CONFIDENT
 
     rows = evaluate(_composites("overlay", 16, seed=4), tmp_path)
-    wrong_confident = [r["name"] for r in rows if r["claimed"] and not r["correct"] and r["confidence"] >= CONFIDENT]
+    # a bar over the image never reaches CONFIDENT (the calibration's top for that path is below it), so
+    # the check is on the readings it scores 0.95 or more
+    wrong_confident = [r["name"] for r in rows if r["claimed"] and not r["correct"] and r["confidence"] >= 0.95]
     assert wrong_confident == []
     assert sum(r["correct"] for r in rows) >= 9, [(r["name"], r["truth"], r["read"]) for r in rows]
     plain = evaluate(plain_set(REAL), tmp_path)
