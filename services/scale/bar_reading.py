@@ -289,7 +289,7 @@ def _read_panel(gray: np.ndarray, panel: tuple[int, int, int, int], image_width:
 
 
 def _round_value(r: OcrReading) -> float:
-    """A label over the image read as a value no bar is drawn at ('306 nm', '2004 µm', '1500 nm':
+    """A label over the image read as a value no bar is drawn at ('306 nm', '2004 µm', '3500 nm':
     a 0 read as 6, a µ as '4u', a speck as a digit) replaced by the one round value a single such
     slip gives, if there is exactly one; a change of the raw score (a guess costs)."""
     if r.scale_value is None or nice_value(r.scale_value):
@@ -301,7 +301,7 @@ def _round_value(r: OcrReading) -> float:
     nice = sorted({float(c) for c in cands if nice_value(float(c))})
     if not nice and len(digits) >= 3:
         # one glyph too many at the end (a µ read as '4u') or at the start (a speck before the
-        # label read as a digit: '1500 nm', '220 µm'), where only one of them is round
+        # label read as a digit: '3500 nm', '220 µm'), where only one of them is round
         # (a leading 1 is kept: '150 nm' and '1200 nm' are labels too)
         ends = {float(d) for d in (digits[:-1],) + ((digits[1:],) if digits[0] != "1" else ())
                 if d[0] != "0" and nice_value(float(d))}
@@ -369,10 +369,8 @@ def _label_candidates(gray: np.ndarray, bar: Bar, white: bool) -> Iterator[TextL
     the loose one, where JPEG-dimmed thin strokes stay whole; a line rendered exactly as one already
     read (the same box and glyphs) is not read again."""
     seen: set[bytes] = set()
-    for lines in (lambda: label_lines(gray, bar, white=white),
-                  lambda: label_lines(gray, bar, white=white, strict=True),
-                  lambda: label_lines(gray, bar, white=white, loose=True)):
-        for line in lines():
+    for threshold in ({}, {"strict": True}, {"loose": True}):
+        for line in label_lines(gray, bar, white=white, **threshold):
             key = line.clean.tobytes() + bytes(str(line.box), "ascii")
             if key not in seen:  # the same glyphs at another threshold: read once
                 seen.add(key)
