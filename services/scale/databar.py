@@ -11,6 +11,7 @@ the centres of its end ticks when it has them, over its whole run otherwise.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 import cv2
@@ -547,11 +548,9 @@ def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3, str
     # the bar and its ticks out, so that a glyph touching an end stays a glyph
     mask[max(0, bar.top - ry0 - 1):bar.bottom - ry0 + 1, max(0, bar.left - rx0 - 1):bar.right - rx0 + 1] = 0
     n, lab, st, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    pieces = []
-    for i in range(1, n):
-        x, y, w, h, area = (int(v) for v in st[i])
-        if area >= 2 and h <= 150 and w <= 300:
-            pieces.append([x, y, x + w, y + h, area])
+    st1 = st[1:]
+    keep = (st1[:, 4] >= 2) & (st1[:, 3] <= 150) & (st1[:, 2] <= 300)
+    pieces = [[x, y, x + w, y + h, area] for x, y, w, h, area in st1[keep].tolist()]
     # a glyph, or two run together ('µm', 'nm' and '00' often touch after JPEG)
     glyphs = [g for g in pieces if 6 <= g[3] - g[1] <= 120 and g[2] - g[0] <= 4.0 * (g[3] - g[1]) + 2
               and g[4] >= 0.1 * (g[2] - g[0]) * (g[3] - g[1])]
@@ -582,7 +581,9 @@ def label_lines(gray: np.ndarray, bar: Bar, white: bool, max_lines: int = 3, str
         groups.setdefault(root(k), []).append(g)
     out: list[TextLine] = []
     for members in groups.values():
-        hm = float(np.median([g[3] - g[1] for g in members]))
+        if len(members) < 2:
+            continue  # a lone mark is no line
+        hm = float(statistics.median([g[3] - g[1] for g in members]))
         members = [g for g in members if g[3] - g[1] <= 1.7 * hm]  # a taller speck beside the text
         if len(members) < 2:
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 from dataclasses import dataclass
 from typing import cast
 
@@ -158,8 +159,8 @@ def lines_of(words: list[Word]) -> list[list[Word]]:
     lines: list[list[Word]] = []
     for w in sorted(words, key=lambda w: (w.cy, w.left)):
         for line in lines:
-            line_h = float(np.median([x.height for x in line]))
-            line_cy = float(np.median([x.cy for x in line]))
+            line_h = float(statistics.median([x.height for x in line]))
+            line_cy = float(statistics.median([x.cy for x in line]))
             # a word swollen by a bar it ran into counts as at most 1.3 lines tall, so that it
             # does not pull in the line above
             if abs(w.cy - line_cy) <= 0.6 * max(line_h, min(w.height, 1.3 * line_h), 4):
@@ -381,6 +382,9 @@ def decimal_point(clean: np.ndarray) -> int | None:
     return None
 
 
+_HOPE = re.compile(r"[0-9OoIl|SBTLm]")  # a digit, a look-alike of one (see _QTY), or the m of a unit
+
+
 def _agrees(words: list[Word], shape: str | None) -> bool:
     labels = find_labels(words)
     if not labels:
@@ -395,7 +399,9 @@ def read_clean_line(clean: np.ndarray, origin: tuple[int, int]) -> tuple[list[Wo
     Tesseract's reading of a short label changes with the glyph height it is given, so it is
     read at 36 and 48 px glyph height (and 24 px when neither gives a label whose unit agrees
     with the glyphs' shapes: a µ descends below the baseline, and read as n it is rejected);
-    failing that, glyph by glyph (:func:`read_label_glyphs`). The agreement is True when two
+    failing that, glyph by glyph (:func:`read_label_glyphs`). A first reading with no digit, no
+    look-alike of one and no m, of glyphs that do not end in an m, is specimen: it is not read
+    again (most lines next to a plain image's bar candidates are). The agreement is True when two
     readings give the same label, False when they give different ones, None when only one did.
     """
     h, w = clean.shape
@@ -412,6 +418,8 @@ def read_clean_line(clean: np.ndarray, origin: tuple[int, int]) -> tuple[list[Wo
         first = words if first is None else first
         if _agrees(words, shape):
             good.append(words)
+        elif height == 36 and shape is None and not _HOPE.search("".join(w.text for w in words)):
+            return words, None  # no digit, no look-alike of one and no m: specimen, not a label
     if good:
         if len(good) == 1:
             return good[0], None

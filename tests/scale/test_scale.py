@@ -135,6 +135,28 @@ def test_a_decimal_point_the_glyphs_show_is_given_back():
         assert ocr.decimal_point(label) is None, text
 
 
+def test_a_line_read_as_no_number_is_not_read_again(monkeypatch):
+    """Next to a plain image's bar candidates most 'lines' are specimen: the first reading shows no
+    digit, no look-alike of one and no m, and the line costs one Tesseract call, not three. A label
+    is still read at two glyph heights, and the readings must agree."""
+    from services.scale import tesseract
+
+    calls = []
+    real = tesseract.image_to_data
+
+    def counted(img, **kw):
+        calls.append(kw.get("psm"))
+        return real(img, **kw)
+
+    monkeypatch.setattr(tesseract, "image_to_data", counted)
+    words, agreed = ocr.read_clean_line(_isolated_label("ace", 28), (0, 0))
+    assert not ocr.find_labels(words) and len(calls) == 1
+    calls.clear()
+    words, agreed = ocr.read_clean_line(_isolated_label("200 nm", 28), (0, 0))
+    assert [(lb.value, lb.unit) for lb in ocr.find_labels(words)] == [(200.0, "nm")]
+    assert agreed is True and len(calls) == 2
+
+
 def test_white_label_over_specimen_nearly_as_bright_is_read(tmp_path):
     """A white label without a halo whose unit lies over a light-grey fibre: at the usual threshold
     the fibre and the unit are one mark (nothing was read); at the strict one they come apart."""
