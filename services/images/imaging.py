@@ -180,6 +180,35 @@ def release_memory() -> None:
         _trim(0)
 
 
+_soon: threading.Timer | None = None
+_soon_lock = threading.Lock()
+
+
+def release_memory_soon(delay_s: float = 2.0) -> None:
+    """:func:`release_memory` once ``delay_s`` has passed without another call (or :func:`keep_memory`).
+
+    The inference worker's batches follow each other: trimming after each one made the next run fault
+    all its activation pages in again (about 1,800 page faults and 5 ms of system time per image,
+    6–17% of the engine's speed; bench/RESULTS.md, issue 15). A busy worker keeps them; an idle one
+    returns them two seconds after its last batch."""
+    global _soon
+    with _soon_lock:
+        if _soon is not None:
+            _soon.cancel()
+        _soon = threading.Timer(delay_s, release_memory)
+        _soon.daemon = True
+        _soon.start()
+
+
+def keep_memory() -> None:
+    """Cancel a pending :func:`release_memory_soon` (a batch starts: its pages are about to be reused)."""
+    global _soon
+    with _soon_lock:
+        if _soon is not None:
+            _soon.cancel()
+            _soon = None
+
+
 _trim: Any = None  # glibc's malloc_trim once looked up; False where there is none
 
 

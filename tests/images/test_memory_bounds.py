@@ -184,3 +184,27 @@ def test_scale_of_a_very_large_image_is_read_at_reduced_size(tmp_path: Path) -> 
     assert abs(res.pixel_size_nm - 20_000 / truth.bar_px) / (20_000 / truth.bar_px) < 0.005
     assert res.databar_box[3] > 5600  # the box too, in stored pixels
     assert res.detail["ocr"]["read_at_reduction"] == 2
+
+
+def test_freed_pages_go_back_once_no_batch_follows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inference worker trims the heap once its batches stop, not after each one (a trim between
+    batches made the next run fault all its pages in again): a batch starting cancels a pending trim,
+    and a trim runs once after the last batch."""
+    trims: list[int] = []
+    done = threading.Event()
+
+    def trim(pad: int) -> int:
+        trims.append(pad)
+        done.set()
+        return 1
+
+    monkeypatch.setattr(imaging, "_trim", trim)
+    imaging.release_memory_soon(0.2)
+    imaging.keep_memory()  # the next batch starts before the delay has passed
+    imaging.release_memory_soon(0.2)
+    imaging.release_memory_soon(0.2)  # and another one: still one trim pending
+    assert trims == []
+    assert done.wait(10)
+    done.clear()
+    assert not done.wait(0.6)  # no second trim from the calls that were replaced or cancelled
+    assert trims == [0]
