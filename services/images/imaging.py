@@ -182,31 +182,39 @@ def release_memory() -> None:
 
 _soon: threading.Timer | None = None
 _soon_lock = threading.Lock()
+_holding = 0  # batches in flight in this process (threads of an embedded service, or the worker's one)
 
 
-def release_memory_soon(delay_s: float = 2.0) -> None:
-    """:func:`release_memory` once ``delay_s`` has passed without another call (or :func:`keep_memory`).
+@contextmanager
+def memory_held(delay_s: float = 2.0) -> Iterator[None]:
+    """Around a batch: freed heap pages are kept while it runs and given back (:func:`release_memory`)
+    once ``delay_s`` has passed with no batch in flight, whether the batch ended or failed.
 
     The inference worker's batches follow each other: trimming after each one made the next run fault
     all its activation pages in again (about 1,800 page faults and 5 ms of system time per image,
     6–17% of the engine's speed; bench/RESULTS.md, issue 15). A busy worker keeps them; an idle one
     returns them two seconds after its last batch."""
-    global _soon
+    global _soon, _holding
     with _soon_lock:
-        if _soon is not None:
-            _soon.cancel()
-        _soon = threading.Timer(delay_s, release_memory)
-        _soon.daemon = True
-        _soon.start()
-
-
-def keep_memory() -> None:
-    """Cancel a pending :func:`release_memory_soon` (a batch starts: its pages are about to be reused)."""
-    global _soon
-    with _soon_lock:
-        if _soon is not None:
+        _holding += 1
+        if _soon is not None:  # a trim due from the previous batch would only make this one fault them in
             _soon.cancel()
             _soon = None
+    try:
+        yield
+    finally:
+        with _soon_lock:
+            _holding -= 1
+            if _holding == 0:
+                _soon = threading.Timer(delay_s, _release_if_idle)
+                _soon.daemon = True
+                _soon.start()
+
+
+def _release_if_idle() -> None:
+    with _soon_lock:  # held while trimming: a batch starting now waits the millisecond the trim takes
+        if _holding == 0:
+            release_memory()
 
 
 _trim: Any = None  # glibc's malloc_trim once looked up; False where there is none

@@ -17,7 +17,7 @@ from sqlalchemy.orm import object_session
 
 from services.classify import registry
 from services.events import outbox as events
-from services.images.imaging import ImageRejected, keep_memory, release_memory, release_memory_soon
+from services.images.imaging import ImageRejected, memory_held, release_memory
 from services.images.ingest import enqueue_processing
 from services.runtime import TASK_CLASSIFY, TASK_READ_SCALE, Runtime
 from services.tables import HumanScale, Image, ImageStatus, ModelVersion, Prediction, ScaleReading, StepState, utcnow
@@ -283,11 +283,9 @@ def classify_batch(rt: Runtime, image_ids: list[int]) -> dict[int, str]:
 
 
 def _classify_keys(rt: Runtime, engine, keys: list[str]) -> list:  # noqa: ANN001
-    keep_memory()  # a trim due from the previous batch would only make this one fault its pages in again
-    with rt.store.local_files(keys, missing_ok=True) as paths:  # a missing blob fails alone
-        results = list(engine.classify_paths(paths, batch_size=max(1, rt.settings.inference_batch_size)))
-    release_memory_soon()  # the pages go back to the system once no batch has followed for a while
-    return results
+    # the batch's pages are kept for the next one, and given back once no batch has followed for a while
+    with memory_held(), rt.store.local_files(keys, missing_ok=True) as paths:  # a missing blob fails alone
+        return list(engine.classify_paths(paths, batch_size=max(1, rt.settings.inference_batch_size)))
 
 
 def reconcile(rt: Runtime, older_than_s: float | None = None) -> int:

@@ -470,7 +470,7 @@ def _read_ocr(gray: np.ndarray, box: tuple[int, int, int, int] | None) -> OcrRea
     masks = overlay_masks(gray)  # near-white, near-black
     regions = [bar_regions(m, max(12, int(0.012 * w))) for m in masks]
     bars = sorted((b for m, rg in zip(masks, regions) for b in overlay_bars(gray, m, panels=panels, regions=rg)
-                   if b.bottom < top and _inside_frame(b, h)), key=lambda b: -b.length)
+                   if b.bottom < top and _inside_frame(b)), key=lambda b: -b.length)
     panels = [p for p in panels if p[3] <= top]
     for panel in sorted(panels, key=lambda p: -p[3])[:2]:  # lowest first
         r = _read_panel(gray, panel, w)
@@ -480,7 +480,7 @@ def _read_ocr(gray: np.ndarray, box: tuple[int, int, int, int] | None) -> OcrRea
         r = read_overlay(gray, bars[:3])
         if r.scale_value is None:  # a bar touching specimen of its own colour is one blob in the masks
             extra = [b for white, rg in zip((True, False), regions) for b in thin_bars(gray, white, rg)
-                     if b.bottom < top and _inside_frame(b, h)
+                     if b.bottom < top and _inside_frame(b)
                      and all(abs(b.y - o.y) > 2 or abs(b.left - o.left) > 4 for o in bars[:3])]
             if extra:
                 r2 = read_overlay(gray, sorted(extra, key=lambda b: -b.length)[:3])
@@ -490,10 +490,12 @@ def _read_ocr(gray: np.ndarray, box: tuple[int, int, int, int] | None) -> OcrRea
     return best
 
 
-def _inside_frame(bar: Bar, h: int) -> bool:
-    """A bar drawn over the image leaves a row of specimen above and below it: a run along the
-    frame's top or bottom edge is the image's border (costly to read labels around, never a label)."""
-    return bar.top > 0 and bar.bottom < h
+def _inside_frame(bar: Bar) -> bool:
+    """A bar drawn over the image leaves a row of specimen above it: a run along the frame's top
+    edge is the image's border (costly to read labels around, never a label). The bottom edge is
+    ruled out already: a bar must end above the data bar, or above the last row (``bottom`` is
+    exclusive)."""
+    return bar.top > 0
 
 
 def _text_of(words: list[ocr.Word]) -> str:

@@ -399,9 +399,9 @@ def read_clean_line(clean: np.ndarray, origin: tuple[int, int]) -> tuple[list[Wo
     Tesseract's reading of a short label changes with the glyph height it is given, so it is
     read at 36 and 48 px glyph height (and 24 px when neither gives a label whose unit agrees
     with the glyphs' shapes: a µ descends below the baseline, and read as n it is rejected);
-    failing that, glyph by glyph (:func:`read_label_glyphs`). A first reading with no digit, no
-    look-alike of one and no m, of glyphs that do not end in an m, is specimen: it is not read
-    again (most lines next to a plain image's bar candidates are). The agreement is True when two
+    failing that, glyph by glyph (:func:`read_label_glyphs`). A first reading of some text with no
+    digit, no look-alike of one and no m, of glyphs that do not end in an m, is specimen: it is not
+    read again (most lines next to a plain image's bar candidates are). The agreement is True when two
     readings give the same label, False when they give different ones, None when only one did.
     """
     h, w = clean.shape
@@ -418,7 +418,7 @@ def read_clean_line(clean: np.ndarray, origin: tuple[int, int]) -> tuple[list[Wo
         first = words if first is None else first
         if _agrees(words, shape):
             good.append(words)
-        elif height == 36 and shape is None and not _HOPE.search("".join(w.text for w in words)):
+        elif height == 36 and shape is None and words and not _HOPE.search("".join(w.text for w in words)):
             return words, None  # no digit, no look-alike of one and no m: specimen, not a label
     if good:
         if len(good) == 1:

@@ -256,6 +256,28 @@ def test_activation_during_a_batch_does_not_mix_versions(sqlite_settings, alexne
     assert versions[ids[3]] == v2  # the next batch uses the newly active one
 
 
+def test_a_batch_keeps_its_pages_for_the_next_and_gives_them_back_when_idle(
+        sqlite_settings, alexnet_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No malloc_trim right after a batch (the next one would fault its pages in again), one once the
+    worker has been idle for a while."""
+    import threading
+
+    from services.images import imaging
+
+    migrate.upgrade(sqlite_settings.effective_database_url)
+    rt = Runtime(sqlite_settings, queue=NullQueue())
+    _register(rt, alexnet_onnx)
+    ids = [_stored(rt, _png(c, 120 + c), f"{c}.png") for c in range(2)]
+    pipeline.classify_batch(rt, ids[:1])  # the engine loaded (loading trims once, on its own)
+    trims: list[int] = []
+    trimmed = threading.Event()
+    monkeypatch.setattr(imaging, "_trim", lambda pad: trims.append(pad) or trimmed.set() or 1)
+    out = pipeline.classify_batch(rt, ids[1:])
+    assert all(v in SLUGS for v in out.values())
+    assert trims == []  # kept for a batch that would follow
+    assert trimmed.wait(15) and trims == [0]
+
+
 def test_idle_inference_threads_sleep_unless_spinning_is_asked_for(alexnet_onnx: Path) -> None:
     """Busy-waiting ONNX Runtime threads took CPU from the ocr workers on shared cores (bench/backfill.py)."""
     from services.classify.inference import Engine

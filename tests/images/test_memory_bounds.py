@@ -188,23 +188,39 @@ def test_scale_of_a_very_large_image_is_read_at_reduced_size(tmp_path: Path) -> 
 
 def test_freed_pages_go_back_once_no_batch_follows(monkeypatch: pytest.MonkeyPatch) -> None:
     """The inference worker trims the heap once its batches stop, not after each one (a trim between
-    batches made the next run fault all its pages in again): a batch starting cancels a pending trim,
-    and a trim runs once after the last batch."""
+    batches made the next run fault all its pages in again): never while a batch is in flight, in any
+    thread, and once after the last one, also when it failed."""
     trims: list[int] = []
-    done = threading.Event()
+    trimmed = threading.Event()
 
     def trim(pad: int) -> int:
         trims.append(pad)
-        done.set()
+        trimmed.set()
         return 1
 
     monkeypatch.setattr(imaging, "_trim", trim)
-    imaging.release_memory_soon(0.2)
-    imaging.keep_memory()  # the next batch starts before the delay has passed
-    imaging.release_memory_soon(0.2)
-    imaging.release_memory_soon(0.2)  # and another one: still one trim pending
+    with imaging.memory_held(5.0):
+        pass
+    with imaging.memory_held(0.3):  # the next batch starts before the delay: the trim due is cancelled
+        other_done = threading.Event()
+        release = threading.Event()
+
+        def other_batch() -> None:  # an embedded service classifies in threads
+            with imaging.memory_held(0.3):
+                other_done.set()
+                release.wait(10)
+
+        t = threading.Thread(target=other_batch)
+        t.start()
+        assert other_done.wait(10)
+    assert not trimmed.wait(1.0)  # the other thread's batch is still in flight
     assert trims == []
-    assert done.wait(10)
-    done.clear()
-    assert not done.wait(0.6)  # no second trim from the calls that were replaced or cancelled
+    with pytest.raises(RuntimeError):
+        with imaging.memory_held(0.3):
+            release.set()
+            t.join(10)
+            raise RuntimeError("the batch failed")
+    assert trimmed.wait(10)  # after the last batch, failed or not
+    trimmed.clear()
+    assert not trimmed.wait(1.0)  # and once
     assert trims == [0]

@@ -157,6 +157,19 @@ def test_a_line_read_as_no_number_is_not_read_again(monkeypatch):
     assert agreed is True and len(calls) == 2
 
 
+@pytest.mark.parametrize(("first", "shape"), [("", None), ("Zurn", "µ")])
+def test_a_line_is_read_again_when_the_first_reading_is_empty_or_its_glyphs_end_in_a_unit(monkeypatch, first,
+                                                                                            shape):
+    """The early stop is only for a reading of some text with no number in it, of glyphs that do
+    not end in an m: an empty first reading, or glyphs shaped like 'µm', are read at 48 px too."""
+    readings = iter([first, "2 µm", "2 µm"])
+    monkeypatch.setattr(ocr, "unit_shape", lambda clean: shape)
+    monkeypatch.setattr(ocr, "read_words", lambda img, origin, scale, psm: [
+        ocr.Word(t, 90.0, 0, 0, 20, 10) for t in next(readings).split()])
+    words, _ = ocr.read_clean_line(_isolated_label("2 µm", 28), (0, 0))
+    assert [(lb.value, lb.unit) for lb in ocr.find_labels(words)] == [(2.0, "µm")]
+
+
 def test_white_label_over_specimen_nearly_as_bright_is_read(tmp_path):
     """A white label without a halo whose unit lies over a light-grey fibre: at the usual threshold
     the fibre and the unit are one mark (nothing was read); at the strict one they come apart."""
