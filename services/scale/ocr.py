@@ -205,8 +205,11 @@ class Label:
                 max(w.left + w.width for w in self.words), max(w.top + w.height for w in self.words))
 
 
+_LOOKALIKES = "OoIl|SBTL"  # what Tesseract reads for 0, 0, 1, 1, 1, 5, 8, 1, 1 in a label's number
+
+
 def _fix_digits(num: str) -> str:
-    return num.translate(str.maketrans("OoIl|SBTL", "001115811"))
+    return num.translate(str.maketrans(_LOOKALIKES, "001115811"))
 
 
 _HEADER = re.compile(r"^(WD|HFW|VFW|FOV|Width|Height|Focus|Aperture|pressure|Depth)$", re.IGNORECASE)
@@ -382,7 +385,7 @@ def decimal_point(clean: np.ndarray) -> int | None:
     return None
 
 
-_HOPE = re.compile(r"[0-9OoIl|SBTLm]")  # a digit, a look-alike of one (see _QTY), or the m of a unit
+_HOPE = re.compile("[0-9" + re.escape(_LOOKALIKES) + "m]")  # a digit, a look-alike of one, or a unit's m
 
 
 def _agrees(words: list[Word], shape: str | None) -> bool:
