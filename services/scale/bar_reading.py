@@ -317,9 +317,12 @@ def _round_value(r: OcrReading) -> float:
 
 def _restore_point(r: OcrReading, digits_before: int | None) -> None:
     """A label read without the decimal point its glyphs show ('25 µm' where '2.5 µm' is drawn)
-    given the point back (:func:`ocr.decimal_point` finds it), where the value is then still round."""
+    given the point back (:func:`ocr.decimal_point` finds it), where the value is then still round;
+    not one read with a separator of its own (the comma of '1,000 nm' is such a mark too)."""
     if r.scale_value is None or digits_before is None:
         return
+    if r.label_text and re.search(r"\d[.,\u2009\u202f]\d", r.label_text):
+        return  # the label was read with its own point or thousands separator: that is the mark ('1,000 nm')
     digits = f"{r.scale_value:g}"
     if not digits.isdigit() or digits_before >= len(digits):
         return

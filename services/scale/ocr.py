@@ -142,9 +142,9 @@ def read_label_glyphs(gray: np.ndarray, blob: tuple[int, int, int, int]) -> Word
     readings: dict[str, list[float]] = {}
     for k in (1.0, 1.5, 2.0):  # a digit dropped at one size is kept at the others: the value two sizes agree on
         words = read_words(gray[y0:y1, max(0, x0 - 2):nx1], (max(0, x0 - 2), y0),
-                           scale=k * _blob_scale(y1 - y0), psm=7, whitelist="0123456789.")
-        number = "".join(w.text for w in words)
-        if re.fullmatch(r"\d{1,4}(?:\.\d{1,3})?", number):
+                           scale=k * _blob_scale(y1 - y0), psm=7, whitelist="0123456789.,")
+        number = "".join(w.text for w in words)  # '1,000': a thousands separator (without the comma, 1.000)
+        if re.fullmatch(r"\d{1,4}(?:[.,]\d{1,3})?", number):  # a comma is read as parse_number reads it
             readings.setdefault(number, []).append(min(w.conf for w in words))
         if any(len(v) >= 2 for v in readings.values()):
             break

@@ -642,6 +642,27 @@ def test_scale_bins_search_and_clustering_selection_use_one_rule(sqlite_client):
 
 # ---- panels anywhere in the frame, bars over real micrographs, calibrated confidence -------
 
+def test_a_thousands_separator_drawn_in_a_label_is_read(tmp_path):
+    """'1,000 nm' drawn in a JEOL panel and over the image was read as 1 nm (the comma taken for a
+    decimal point Tesseract had dropped); read glyph by glyph, the digits-only pass made it 1.000."""
+    import cv2
+
+    from services.scale.render import render_bar_over, render_panel
+
+    images = [render_panel(_base(600, 1000, 7), "jeol", 1000, "nm", 180, box, label_text="1,000 nm")[0]
+              for box in ((0, 470, 1000, 560), (300, 250, 800, 340))]
+    images += [render_bar_over(_base(600, 1000, 3), 1000, "nm", 180, 200, 300, fg=255, halo=2, thickness=5,
+                               label_pos="above", font_name=font, font_size=28, label_text="1,000 nm")[0]
+               for font in ("condensed", "sans")]
+    for n, img in enumerate(images):
+        cv2.imwrite(str(tmp_path / f"{n}.png"), img)
+        res = read_scale(tmp_path / f"{n}.png")
+        assert (res.scale_value, res.scale_unit) == (1000.0, "nm"), (n, res.detail["ocr"])
+    label = cv2.copyMakeBorder(_isolated_label("1,000nm", 24), 8, 8, 8, 8, cv2.BORDER_CONSTANT, value=255)
+    word = ocr.read_label_glyphs(label, (8, 8, label.shape[1] - 8, label.shape[0] - 8))
+    assert word is not None and [(lb.value, lb.unit) for lb in ocr.find_labels([word])] == [(1000.0, "nm")]
+
+
 def test_data_panel_inside_the_frame_is_found_and_read(tmp_path):
     """A Zeiss-style white panel with specimen rows under it and an FEI-style black panel at the
     top: found by their own evidence (a flat rectangle with text), not by their place."""
