@@ -62,6 +62,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_pool(queues: list[str], pool: str | None, concurrency: int | None) -> tuple[str, int]:
+    """The Celery pool and its size where the command line leaves them out. The inference queue alone: one
+    process (one ONNX Runtime session on all its cores) with two threads, one batch in the model while the other
+    reads its inputs and stores its predictions (workers/batching.py). Otherwise a process per CPU."""
+    inference_alone = queues == ["inference"]
+    pool = pool or ("threads" if inference_alone else "prefork")
+    if concurrency is None:
+        concurrency = 2 if inference_alone and pool == "threads" else max(1, os.cpu_count() or 1)
+    return pool, max(1, concurrency)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     s = _settings()
     if not s.broker_url:
@@ -79,6 +90,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # the beat schedules the reconciler on the maintenance queue: whoever schedules it also runs it
         queues.append("maintenance")
         print("semtag worker: --beat also consumes the maintenance queue (the reconciler)", file=sys.stderr)
+    pool, concurrency = worker_pool(queues, args.pool, args.concurrency)
     if args.metrics_port or s.worker_metrics_port:
         from prometheus_client import start_http_server
 
@@ -86,11 +98,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         start_http_server(args.metrics_port or s.worker_metrics_port)
     if "inference" in queues:
-        # celery-batches caps a batch at prefetch × concurrency: prefetch enough to fill two batches.
-        app.conf.worker_prefetch_multiplier = max(1, 2 * s.inference_batch_size)
+        # celery-batches caps the messages a worker holds at prefetch × concurrency: one task's worth more than the
+        # tasks that can run at once, so that under the threads pool the next task's messages are fetched while
+        # the model runs (workers.batching)
+        per_task = max(1, s.inference_batch_size) * max(1, s.inference_batches_per_task)
+        app.conf.worker_prefetch_multiplier = -(-(concurrency + 1) * per_task // max(1, concurrency))
         app.conf.semtag_warm_inference = s.inference_warmup
-    argv = ["worker", "-Q", ",".join(queues), "--loglevel", args.loglevel, "-c", str(args.concurrency),
-            "-n", args.name or f"semtag-{'-'.join(queues)}@%h", "--pool", args.pool]
+    argv = ["worker", "-Q", ",".join(queues), "--loglevel", args.loglevel, "-c", str(concurrency),
+            "-n", args.name or f"semtag-{'-'.join(queues)}@%h", "--pool", pool]
     if args.beat:
         argv.append("-B")
     app.worker_main(argv)
@@ -717,10 +732,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--queues", default="inference,ocr,batch,maintenance",
                     help="comma-separated queues to consume, from inference, ocr, batch, maintenance "
                          "(the reconciler and the events dispatcher; --beat adds it)")
-    sp.add_argument("--concurrency", type=int, default=max(1, os.cpu_count() or 1),
-                    help="worker processes or threads (one per CPU)")
-    sp.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],
-                    help="Celery execution pool")
+    sp.add_argument("--concurrency", type=int, default=None,
+                    help="worker processes or threads (default: one per CPU; 2 for the inference queue alone)")
+    sp.add_argument("--pool", default=None, choices=["prefork", "solo", "threads"],
+                    help="Celery execution pool (default: threads for the inference queue alone, else prefork)")
     sp.add_argument("--loglevel", default="INFO", help="Celery log level (DEBUG, INFO, WARNING, ERROR)")
     sp.add_argument("--name", default=None, help="worker node name (default: semtag-QUEUES@HOSTNAME)")
     sp.add_argument("--beat", action="store_true",

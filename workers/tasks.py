@@ -7,7 +7,6 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_ready
-from celery_batches import Batches
 
 from semtag.settings import get_settings
 from services.errors import is_transient
@@ -16,6 +15,7 @@ from services.images import pipeline
 from services.jobs import service as jobs
 from services.runtime import TASK_CLASSIFY, TASK_DISPATCH_EVENTS, TASK_READ_SCALE, TASK_RECONCILE, TASK_RUN_JOB
 from workers.app import app
+from workers.batching import GatheringBatches
 from workers.context import get_runtime
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def read_scale(self: Task, image_id: int) -> str:
 _settings = get_settings()
 
 
-@app.task(name=TASK_CLASSIFY, base=Batches,
+@app.task(name=TASK_CLASSIFY, base=GatheringBatches,
           flush_every=max(1, _settings.inference_batch_size) * _settings.inference_batches_per_task,
           flush_interval=max(0.001, _settings.inference_batch_wait_ms / 1000.0))
 def classify(requests: list) -> dict:

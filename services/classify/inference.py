@@ -119,6 +119,9 @@ class Engine:
         self.review_threshold = review_threshold
         self.max_pixels = max_pixels
         self.providers = self.session.get_providers()
+        # One run at a time, whoever calls: a worker running two batches at once (the threads pool) decodes and
+        # stores one while the other has the cores for the model, instead of splitting the cores between two runs
+        self._run_lock = threading.Lock()
         for b in warmup:
             self.run(np.zeros((b, self.pp.input_size, self.pp.input_size, self.pp.channels), np.float32))
         release_memory()  # loading parses the model into buffers it frees again (about the model's size)
@@ -129,7 +132,9 @@ class Engine:
 
     def run(self, x: np.ndarray, outputs: Iterable[str] = ("logits", "probabilities")) -> dict[str, np.ndarray]:
         names = [self.outputs[o] for o in outputs]
-        res = self.session.run(names, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        feed = {self.input_name: np.ascontiguousarray(x, np.float32)}
+        with self._run_lock:
+            res = self.session.run(names, feed)
         return dict(zip(outputs, res))
 
     # ---- decoding (thread-safe; OpenCV releases the GIL) ----

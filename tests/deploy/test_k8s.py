@@ -217,7 +217,9 @@ def test_one_worker_per_queue_and_commands_the_cli_knows(rendered, overlay):
     assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"]["type"] == "Recreate"
     assert pod_spec(beat)["containers"][0]["workingDir"] == "/tmp"  # the schedule file, on a read-only root fs
     assert served["inference"] == ["semtag-worker-inference"]
-    assert _worker_args(deployments["semtag-worker-inference"]).pool == "solo"  # one ONNX Runtime session
+    inference = _worker_args(deployments["semtag-worker-inference"])
+    # one process, one ONNX Runtime session, two batches in flight (workers/batching.py)
+    assert (inference.pool, inference.concurrency) == ("threads", 2)
 
 
 def test_migration_job_and_schema_gates(rendered):
@@ -348,7 +350,7 @@ def _processes(args) -> int:
     """Python processes in a pod: uvicorn's workers (+ its supervisor), Celery's pool (+ its parent, + beat)."""
     if args.command == "serve":
         return args.workers + (1 if args.workers > 1 else 0)
-    if args.pool == "solo":
+    if args.pool in ("solo", "threads"):
         return 1 + (1 if args.beat else 0)
     return args.concurrency + 1 + (1 if args.beat else 0)
 

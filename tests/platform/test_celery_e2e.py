@@ -36,10 +36,11 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 class Worker:
-    def __init__(self, settings: Settings, queues: str, log: Path, pool: str = "solo"):
+    def __init__(self, settings: Settings, queues: str, log: Path, pool: str = "solo", concurrency: int = 1):
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "semtag", "worker", "--queues", queues, "--pool", pool, "--concurrency", "1",
+            [sys.executable, "-m", "semtag", "worker", "--queues", queues, "--pool", pool,
+             "--concurrency", str(concurrency),
              "--loglevel", "INFO", "--name", f"test-{queues}-{time.monotonic_ns()}@%h"],
             env=_env(settings), stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
@@ -160,7 +161,7 @@ def test_inference_worker_batches_and_survives_a_kill(prod_settings, alexnet_onn
     version = _active_model(prod_settings, alexnet_onnx)
     log = tmp_path / "worker.log"
     n = 24
-    worker = Worker(prod_settings, "inference", log)
+    worker = Worker(prod_settings, "inference", log, pool="threads", concurrency=2)  # as deployed
     _poll(lambda: f"inference engine warmed up for model {version}" in log.read_text(), timeout=60)
     c = Client(prod_settings)
     count = lambda: c.rt.session().__enter__().scalar(select(func.count()).select_from(Prediction))  # noqa: E731
@@ -172,7 +173,7 @@ def test_inference_worker_batches_and_survives_a_kill(prod_settings, alexnet_onn
         partial = count()
         assert partial < n, "the worker finished everything before it could be killed; make the batches heavier"
         time.sleep(prod_settings.broker_visibility_timeout_s + 0.5)
-        worker = Worker(prod_settings, "inference", log)
+        worker = Worker(prod_settings, "inference", log, pool="threads", concurrency=2)
 
         def finished() -> bool:
             # Redis delivers the dead worker's unacknowledged messages again; a message the worker had popped

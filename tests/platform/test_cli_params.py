@@ -66,3 +66,39 @@ def test_activate_in_embedded_mode_says_who_classifies(cli_env: Path, alexnet_on
     assert main(["models", "activate", version]) == 0
     out = capsys.readouterr().out
     assert f"active model: {version}" in out and "Embedded mode" in out and "queued for classification" not in out
+
+
+
+@pytest.mark.parametrize(("argv", "pool", "concurrency"), [
+    (["--queues", "inference"], "threads", 2),  # the inference queue alone: one process, two threads
+    (["--queues", "inference", "--pool", "solo", "--concurrency", "1"], "solo", 1),
+    (["--queues", "ocr", "--concurrency", "3"], "prefork", 3),
+    (["--queues", "inference,ocr"], "prefork", None),  # mixed queues: a process per CPU, as before
+])
+def test_the_worker_chooses_its_pool_for_the_inference_queue(monkeypatch, argv, pool, concurrency) -> None:
+    import os
+
+    from semtag.settings import get_settings
+    from workers.app import app
+
+    monkeypatch.setenv("SEMTAG_BROKER_URL", "redis://127.0.0.1:6379/15")
+    monkeypatch.delenv("SEMTAG_INFERENCE_BATCH_SIZE", raising=False)  # 8
+    monkeypatch.delenv("SEMTAG_INFERENCE_BATCHES_PER_TASK", raising=False)  # 2
+    get_settings.cache_clear()
+    seen: list[list[str]] = []
+    monkeypatch.setattr(app, "worker_main", seen.append)
+    before = (app.conf.worker_prefetch_multiplier, app.conf.get("semtag_warm_inference"))
+    try:
+        assert main(["worker", *argv]) == 0
+        (celery_argv,) = seen
+        n = concurrency or (os.cpu_count() or 1)
+        assert celery_argv[celery_argv.index("--pool") + 1] == pool
+        assert celery_argv[celery_argv.index("-c") + 1] == str(n)
+        if "inference" in argv[1]:
+            # celery-batches holds at most prefetch × concurrency messages: a task's worth (8 × 2) more than the
+            # tasks running, so the next one is gathered while they run (workers/batching.py)
+            held = app.conf.worker_prefetch_multiplier * n
+            assert (n + 1) * 16 <= held < (n + 1) * 16 + n
+    finally:
+        get_settings.cache_clear()
+        app.conf.worker_prefetch_multiplier, app.conf.semtag_warm_inference = before
