@@ -2,7 +2,7 @@
 
 Each scenario starts a fresh deployment on this machine: its own PostgreSQL (initdb + pg_ctl, another
 port, fsync off) and its own Redis (another port, no persistence, as the shared CI Redis), `semtag
-serve` (API), workers for the ocr, inference (solo pool, as in docker-compose.yml), batch and
+serve` (API), workers for the ocr, inference (solo pool), batch and
 maintenance queues, and beat (the reconciler every 5 s for images pending over 20 s). The shared
 servers on 5432 / 6379 are never touched.
 

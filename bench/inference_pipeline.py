@@ -1,9 +1,10 @@
 """Issues 5 and 15's benchmark: the raw ONNX Runtime engine vs the whole pipeline, on this machine.
 
 1. Raw engine: images/s at batch 1, 8, 16 and 32 on preprocessed inputs (FP32, and INT8 with --int8),
-   each point timed --rounds times for at least --raw-seconds after a warm-up; the median of the
-   rounds is the figure and their spread is printed. The denominator of every ratio is the *best*
-   of these figures, whichever batch gives it.
+   each point timed --rounds times for at least --raw-seconds after a warm-up, right before and again right
+   after each pipeline run (this machine's speed drifts by minutes); the median of those rounds is the
+   figure and their spread is printed. The denominator of a run's ratio is the *best* of these figures,
+   whichever batch gives it.
 2. Per image on one thread: the worker's decode + preprocess of a 1024×768 JPEG, its preprocess of the
    input prepared at ingest, and the upload's check of the JPEG without and with keeping that input.
 3. Pipeline, two ways, each with N images (default 1,000) uploaded one per request over HTTP to
@@ -24,8 +25,13 @@
 Needs PostgreSQL and Redis (as the tests do). Without --model an untrained Inception-v3 at 299²
 is exported first (speed only; its predictions mean nothing).
 
+`--pool solo --concurrency 1` runs the inference worker as it ran before two batches were in flight
+(workers/batching.py); `--gpu-like-ms N` stands a sleep of N ms per image, which takes no CPU, in for every
+model run, as a GPU's (bench/gpu_like).
+
 Usage: python bench/inference_pipeline.py [--n 1000] [--batch 8] [--model FILE.onnx] [--int8]
-                                          [--uploaders 2] [--modes live,drain]
+                                          [--uploaders 2] [--modes live,drain] [--pool threads|solo]
+                                          [--concurrency 2] [--gpu-like-ms N]
 """
 
 from __future__ import annotations
@@ -71,36 +77,49 @@ def _images(n: int, out: Path) -> list[Path]:
 
 
 RAW_BATCHES = (1, 8, 16, 32)
+POOL = ["threads", "1"]  # --pool, --concurrency: the inference worker's Celery pool
 WORKER_ENV: dict[str, str] = {}  # --env: settings for the service and the worker (SEMTAG_…=value)
 
 
-def raw_engine(model: Path, sample: list[Path], seconds: float, rounds: int,
-               ) -> tuple[dict[int, float], dict[str, float]]:
-    """Median images/s per batch size over ``rounds`` timed rounds of at least ``seconds`` each, with the
-    engine configured as the worker configures it (threads, no spinning, no arena)."""
+def raw_rounds(model: Path, sample: list[Path], seconds: float, rounds: int) -> dict[int, list[float]]:
+    """images/s of ``rounds`` timed rounds of at least ``seconds`` each per batch size, with the engine
+    configured as the worker configures it (threads, no spinning, no arena)."""
     from services.classify.inference import Engine
 
     eng = Engine(model, warmup=RAW_BATCHES)
     x1 = np.stack([eng.decode(p)[0] for p in sample[:max(RAW_BATCHES)]])
-    speeds = {}
+    figures: dict[int, list[float]] = {}
     for b in RAW_BATCHES:
         x = x1[:b]
         eng.run(x)
-        figures = []
+        figures[b] = []
         for _ in range(rounds):
             reps, t = 0, time.perf_counter()
             while reps < 2 or time.perf_counter() - t < seconds:
                 eng.run(x)
                 reps += 1
-            figures.append(reps * b / (time.perf_counter() - t))
-        speeds[b] = float(np.median(figures))
-        print(f"raw engine batch {b}: {speeds[b]:.1f} images/s (median of {rounds} rounds of ≥ {seconds:.0f} s; "
-              f"range {min(figures):.1f}–{max(figures):.1f})", flush=True)
-    per_image = per_image_costs(eng, sample[:64])
+            figures[b].append(reps * b / (time.perf_counter() - t))
+    return figures
+
+
+def raw_figures(rounds: dict[int, list[float]], when: str) -> dict[int, float]:
+    """The median per batch size of the rounds gathered so far (printed with their spread)."""
+    speeds = {b: float(np.median(f)) for b, f in rounds.items()}
+    for b, f in rounds.items():
+        print(f"raw engine batch {b} ({when}): {speeds[b]:.1f} images/s (median of {len(f)} rounds; "
+              f"range {min(f):.1f}–{max(f):.1f})", flush=True)
     best = max(speeds, key=speeds.get)
-    print(f"best raw: {speeds[best]:.1f} images/s at batch {best}; on one thread, per image: "
-          + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in per_image.items()), flush=True)
-    return speeds, per_image
+    print(f"best raw ({when}): {speeds[best]:.1f} images/s at batch {best}", flush=True)
+    return speeds
+
+
+def engine_costs(model: Path, sample: list[Path]) -> dict[str, float]:
+    from services.classify.inference import Engine
+
+    per_image = per_image_costs(Engine(model), sample[:64])
+    print("on one thread, per image: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in per_image.items()),
+          flush=True)
+    return per_image
 
 
 def per_image_costs(eng, sample: list[Path]) -> dict[str, float]:
@@ -167,8 +186,8 @@ def pipeline(model: Path, paths: list[Path], batch: int, workdir: Path, uploader
         port = free_port()
         log = open(workdir / "services.log", "ab")
         procs.append(subprocess.Popen(sem + ["serve", "--port", str(port)], env=env, stdout=log, stderr=log))
-        procs.append(subprocess.Popen(sem + ["worker", "--queues", "inference", "--pool", "solo", "--concurrency",
-                                             "1", "--loglevel", "WARNING"], env=env, stdout=log, stderr=log))
+        procs.append(subprocess.Popen(sem + ["worker", "--queues", "inference", "--pool", POOL[0], "--concurrency",
+                                             POOL[1], "--loglevel", "WARNING"], env=env, stdout=log, stderr=log))
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
             try:
@@ -269,38 +288,54 @@ def main() -> None:
     ap.add_argument("--modes", default="live,drain")
     ap.add_argument("--raw-seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--raw-each", action="store_true",
-                    help="measure the raw engine again before each pipeline run (the ratio is to that)")
+    ap.add_argument("--raw-shared", action="store_true",
+                    help="with several pipeline runs, let the raw rounds after one count as the next one's before")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     ap.add_argument("--env", action="append", default=[], metavar="SEMTAG_NAME=VALUE",
                     help="a setting for the service and the worker, e.g. SEMTAG_INFERENCE_BATCHES_PER_TASK=1")
+    ap.add_argument("--pool", default="threads", choices=["threads", "solo"],
+                    help="the inference worker's pool (threads, as deployed; solo, one batch at a time, as before)")
+    ap.add_argument("--concurrency", type=int, default=2, help="the inference worker's threads (batches at once)")
+    ap.add_argument("--gpu-like-ms", type=float, default=0.0,
+                    help="replace every model run by a sleep of this many ms per image that takes no CPU, as a "
+                         "GPU's run (bench/gpu_like): how much of the work around the model the pipeline hides")
     args = ap.parse_args()
+    POOL[:] = [args.pool, str(args.concurrency)]
+    if args.gpu_like_ms > 0:  # this process (the raw figure) and the services it starts (inheriting os.environ)
+        os.environ["BENCH_GPU_LIKE_MS"] = str(args.gpu_like_ms)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent / "gpu_like"),
+                                                                  os.environ.get("PYTHONPATH")]))
+        import runpy
+
+        runpy.run_path(str(Path(__file__).parent / "gpu_like" / "sitecustomize.py"))  # this process started without
     WORKER_ENV.update(kv.split("=", 1) for kv in args.env)
     tmp = Path(tempfile.mkdtemp(prefix="semtag-pipe-"))
     try:
         model = args.model or _model(tmp, args.int8)
         (tmp / "imgs").mkdir()
         paths = _images(args.n, tmp / "imgs")
-        raw, per_image = raw_engine(model, paths, args.raw_seconds, args.rounds)
-        best_b = max(raw, key=raw.get)
+        per_image = engine_costs(model, paths)
+        before = raw_rounds(model, paths, args.raw_seconds, args.rounds)
         runs = []
-        first = True
         for mode in args.modes.split(","):
             for u in ([int(x) for x in args.uploaders.split(",")] if mode == "live" else [2]):
-                if args.raw_each and not first:  # this machine's speed drifts by minutes: measure it again
-                    raw, _ = raw_engine(model, paths, args.raw_seconds, args.rounds)
-                    best_b = max(raw, key=raw.get)
-                first = False
+                if before is None:
+                    before = raw_rounds(model, paths, args.raw_seconds, args.rounds)
                 res = pipeline(model, paths, args.batch, tmp, u, mode)
+                after = raw_rounds(model, paths, args.raw_seconds, args.rounds)
+                pooled = {b: before[b] + after[b] for b in RAW_BATCHES}
+                raw = raw_figures(pooled, f"before and after the {mode} run")
+                best_b = max(raw, key=raw.get)
+                res["raw"], res["raw_rounds"], res["best_batch"] = raw, pooled, best_b
                 if res["pipeline_images_per_s"]:
-                    res["raw"], res["best_batch"] = dict(raw), best_b
                     res["ratio_to_best_raw"] = res["pipeline_images_per_s"] / raw[best_b]
                     print(f"pipeline ({mode}, {u} uploaders) / best raw (batch {best_b}, {raw[best_b]:.1f} "
                           f"images/s): {res['ratio_to_best_raw']:.2f}", flush=True)
                 runs.append(res)
+                before = after if args.raw_shared else None
         if args.out:
-            args.out.write_text(json.dumps({"model": "int8" if args.int8 else "fp32", "env": WORKER_ENV, "raw": raw,
-                                            "per_image_ms": per_image, "best_batch": best_b, "batch": args.batch,
+            args.out.write_text(json.dumps({"model": "int8" if args.int8 else "fp32", "env": WORKER_ENV,
+                                            "pool": POOL, "per_image_ms": per_image, "batch": args.batch,
                                             "runs": runs}, indent=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
