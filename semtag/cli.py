@@ -68,6 +68,8 @@ def worker_pool(queues: list[str], pool: str | None, concurrency: int | None) ->
     reads its inputs and stores its predictions (workers/batching.py). Otherwise a process per CPU."""
     inference_alone = queues == ["inference"]
     pool = pool or ("threads" if inference_alone else "prefork")
+    if pool == "solo":  # runs one task at a time whatever -c says (and celery-batches' limit follows it)
+        return pool, 1
     if concurrency is None:
         concurrency = 2 if inference_alone and pool == "threads" else max(1, os.cpu_count() or 1)
     return pool, max(1, concurrency)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 from services.runtime import Runtime
 
 _runtime: Runtime | None = None
+_lock = threading.Lock()  # the inference worker's two threads may ask first at once
 
 
 def set_runtime(rt: Runtime) -> None:
@@ -14,9 +17,10 @@ def set_runtime(rt: Runtime) -> None:
 
 def get_runtime() -> Runtime:
     global _runtime
-    if _runtime is None:
-        from semtag.bootstrap import build_runtime
-        from semtag.settings import get_settings
+    with _lock:
+        if _runtime is None:
+            from semtag.bootstrap import build_runtime
+            from semtag.settings import get_settings
 
-        _runtime = build_runtime(get_settings())
-    return _runtime
+            _runtime = build_runtime(get_settings())
+        return _runtime

@@ -182,7 +182,7 @@ def release_memory() -> None:
 
 _soon: threading.Timer | None = None
 _soon_lock = threading.Lock()
-_holding = 0  # batches in flight in this process (threads of an embedded service, or the worker's one)
+_holding = 0  # batches in flight in this process (threads of an embedded service, or the inference worker's two)
 
 
 @contextmanager

@@ -72,6 +72,7 @@ def test_activate_in_embedded_mode_says_who_classifies(cli_env: Path, alexnet_on
 @pytest.mark.parametrize(("argv", "pool", "concurrency"), [
     (["--queues", "inference"], "threads", 2),  # the inference queue alone: one process, two threads
     (["--queues", "inference", "--pool", "solo", "--concurrency", "1"], "solo", 1),
+    (["--queues", "inference", "--pool", "solo"], "solo", 1),  # solo runs one task, whatever the CPUs
     (["--queues", "ocr", "--concurrency", "3"], "prefork", 3),
     (["--queues", "inference,ocr"], "prefork", None),  # mixed queues: a process per CPU, as before
 ])
