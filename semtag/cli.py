@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import TYPE_CHECKING, Any, get_args
@@ -104,7 +105,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # tasks that can run at once, so that under the threads pool the next task's messages are fetched while
         # the model runs (workers.batching)
         per_task = max(1, s.inference_batch_size) * max(1, s.inference_batches_per_task)
-        app.conf.worker_prefetch_multiplier = -(-(concurrency + 1) * per_task // max(1, concurrency))
+        app.conf.worker_prefetch_multiplier = math.ceil((concurrency + 1) * per_task / concurrency)
         app.conf.semtag_warm_inference = s.inference_warmup
     argv = ["worker", "-Q", ",".join(queues), "--loglevel", args.loglevel, "-c", str(concurrency),
             "-n", args.name or f"semtag-{'-'.join(queues)}@%h", "--pool", pool]

@@ -4,18 +4,15 @@ returns zeros of the model's output shapes. Like a GPU's run it takes time but n
 ratio to the raw figure shows how much of the work around the model (messages, database, inputs) is hidden
 behind it. Speed only: the predictions mean nothing. Never on a service's path outside this bench."""
 
-import builtins
 import os
-import sys
 import time
 
 _MS = float(os.environ.get("BENCH_GPU_LIKE_MS", "0") or 0)
-_real_import = builtins.__import__
-_patched = False
 
 
-def _patch(ort) -> None:
+def _patch() -> None:
     import numpy as np
+    import onnxruntime as ort
 
     def run(self, names, feed, *a, **kw):
         n = len(next(iter(feed.values())))
@@ -27,16 +24,5 @@ def _patch(ort) -> None:
     ort.InferenceSession.run = run
 
 
-def _import(name, *a, **kw):
-    global _patched
-    module = _real_import(name, *a, **kw)
-    if not _patched:
-        ort = sys.modules.get("onnxruntime")
-        if ort is not None and hasattr(ort, "InferenceSession"):
-            _patched = True
-            _patch(ort)
-    return module
-
-
 if _MS > 0:
-    builtins.__import__ = _import
+    _patch()
