@@ -31,7 +31,8 @@ model run, as a GPU's (bench/gpu_like).
 
 Usage: python bench/inference_pipeline.py [--n 1000] [--batch 8] [--model FILE.onnx] [--int8]
                                           [--uploaders 2] [--modes live,drain] [--pool threads|solo]
-                                          [--concurrency 2] [--gpu-like-ms N]
+                                          [--concurrency 2] [--gpu-like-ms N] [--worker-nice N]
+                                          [--api-workers N]
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def _images(n: int, out: Path) -> list[Path]:
 
 RAW_BATCHES = (1, 8, 16, 32)
 POOL = ["threads", "1"]  # --pool, --concurrency: the inference worker's Celery pool
+API_WORKERS = [1]  # --api-workers: uvicorn worker processes of `semtag serve`
+NICE = [0]  # --worker-nice: the inference worker's scheduling priority below the API's
 WORKER_ENV: dict[str, str] = {}  # --env: settings for the service and the worker (SEMTAG_…=value)
 
 
@@ -185,9 +188,12 @@ def pipeline(model: Path, paths: list[Path], batch: int, workdir: Path, uploader
                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
         port = free_port()
         log = open(workdir / "services.log", "ab")
-        procs.append(subprocess.Popen(sem + ["serve", "--port", str(port)], env=env, stdout=log, stderr=log))
-        procs.append(subprocess.Popen(sem + ["worker", "--queues", "inference", "--pool", POOL[0], "--concurrency",
-                                             POOL[1], "--loglevel", "WARNING"], env=env, stdout=log, stderr=log))
+        procs.append(subprocess.Popen(sem + ["serve", "--port", str(port), "--workers", str(API_WORKERS[0])],
+                                      env=env, stdout=log, stderr=log))
+        nice = ["nice", "-n", str(NICE[0])] if NICE[0] else []
+        worker = ["worker", "--queues", "inference", "--pool", POOL[0], "--concurrency", POOL[1],
+                  "--loglevel", "WARNING"]
+        procs.append(subprocess.Popen(nice + sem + worker, env=env, stdout=log, stderr=log))
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
             try:
@@ -299,8 +305,14 @@ def main() -> None:
     ap.add_argument("--gpu-like-ms", type=float, default=0.0,
                     help="replace every model run by a sleep of this many ms per image that takes no CPU, as a "
                          "GPU's run (bench/gpu_like): how much of the work around the model the pipeline hides")
+    ap.add_argument("--worker-nice", type=int, default=0,
+                    help="start the inference worker under `nice -n N`: the uploads' requests get the shared cores "
+                         "first (what limits upload latency when the API shares cores with a saturated worker)")
+    ap.add_argument("--api-workers", type=int, default=1, help="`semtag serve --workers N` (processes)")
     args = ap.parse_args()
+    API_WORKERS[0] = args.api_workers
     POOL[:] = [args.pool, str(args.concurrency)]
+    NICE[0] = args.worker_nice
     if args.gpu_like_ms > 0:  # this process (the raw figure) and the services it starts (inheriting os.environ)
         os.environ["BENCH_GPU_LIKE_MS"] = str(args.gpu_like_ms)
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent / "gpu_like"),
