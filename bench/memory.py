@@ -11,9 +11,10 @@ BMP where the upload limit allows it); 16-bit grey TIFF and PNG; a progressive J
 
 Two set-ups, each with real processes on this machine:
 
-* full: ``semtag serve`` (API), ``semtag worker --queues ocr`` and ``--queues inference`` (solo pool, so
-  the work runs in the process measured) on Redis and PostgreSQL. Each image is uploaded and processed
-  alone, then three at once.
+* full: ``semtag serve`` (API), ``semtag worker --queues ocr`` (solo pool, so the work runs in the process
+  measured) and ``--queues inference`` (as deployed: the threads pool, two batches in flight in one process)
+  on Redis and PostgreSQL. Each image is uploaded and processed alone, then three at once, then all of them
+  at once (so the inference worker gathers them into two tasks in flight).
 * embedded: ``semtag serve`` alone (SQLite, tasks in-process), three images uploaded at once.
 
 For each process: RSS when idle, and the peak (VmHWM) after all images were processed. Target: every
@@ -245,7 +246,7 @@ def _drive(url: str, key: str, paths: list[Path], together: int) -> list[str]:
     return statuses
 
 
-def processes(paths: list[Path], model: Path, tmp: Path) -> dict[str, dict[str, float]]:
+def processes(paths: list[Path], model: Path, tmp: Path, pool: str = "threads") -> dict[str, dict[str, float]]:
     import psycopg
     import redis
 
@@ -263,11 +264,12 @@ def processes(paths: list[Path], model: Path, tmp: Path) -> dict[str, dict[str, 
         port = free_port()
         svc.start("API", "serve", "--port", str(port))
         svc.start("OCR worker", "worker", "--queues", "ocr", "--pool", "solo", "--loglevel", "WARNING")
-        svc.start("inference worker", "worker", "--queues", "inference", "--pool", "solo", "--loglevel", "WARNING")
+        svc.start("inference worker", "worker", "--queues", "inference", "--pool", pool, "--loglevel", "WARNING")
         time.sleep(20)  # started, model loaded and warmed up
         idle = {n: _status(p.pid, "VmRSS") for n, p in svc.procs.items()}
         statuses = _drive(f"http://127.0.0.1:{port}", key, paths, 1)
         statuses += _drive(f"http://127.0.0.1:{port}", key, [p.with_name("b-" + p.name) for p in paths[:3]], 3)
+        statuses += _drive(f"http://127.0.0.1:{port}", key, [p.with_name("d-" + p.name) for p in paths], len(paths))
         for n, p in svc.procs.items():
             out[n] = {"idle_mb": idle[n], "peak_mb": _status(p.pid, "VmHWM")}
         print(f"  full mode: {statuses.count('done')} done, {statuses.count('failed')} failed", flush=True)
@@ -299,7 +301,7 @@ def processes(paths: list[Path], model: Path, tmp: Path) -> dict[str, dict[str, 
 def _variants(paths: list[Path]) -> None:
     """Copies with other bytes (a changed first pixel row would change the decode: append a byte instead —
     every accepted format ignores trailing data), so the repeated uploads are new images, not duplicates."""
-    for prefix in ("b-", "c-"):
+    for prefix in ("b-", "c-", "d-"):
         for p in paths:
             q = p.with_name(prefix + p.name)
             q.write_bytes(p.read_bytes() + prefix.encode())
@@ -310,6 +312,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--skip-processes", action="store_true", help="only the per-stage figures")
     ap.add_argument("--skip-stages", action="store_true", help="only the processes")
+    ap.add_argument("--inference-pool", default="threads", choices=["threads", "solo"],
+                    help="the inference worker's pool: threads (two batches in flight, as deployed) or solo")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="semtag-mem-") as d:
         tmp = Path(d)
@@ -324,7 +328,7 @@ def main() -> None:
         model = args.model or _model(tmp / "model")
         _variants(paths)
         print("processes:", flush=True)
-        res = processes(paths, model, tmp)
+        res = processes(paths, model, tmp, args.inference_pool)
         print(f"\n{'process':18s} {'idle MB':>8s} {'peak MB':>8s}  target < 600")
         for n, r in res.items():
             print(f"{n:18s} {r['idle_mb']:8.0f} {r['peak_mb']:8.0f}  {'ok' if r['peak_mb'] < 600 else 'OVER'}")
