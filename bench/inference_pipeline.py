@@ -347,7 +347,8 @@ def main() -> None:
                 before = after if args.raw_shared else None
         if args.out:
             args.out.write_text(json.dumps({"model": "int8" if args.int8 else "fp32", "env": WORKER_ENV,
-                                            "pool": POOL, "per_image_ms": per_image, "batch": args.batch,
+                                            "pool": POOL, "worker_nice": NICE[0], "api_workers": API_WORKERS[0],
+                                            "per_image_ms": per_image, "batch": args.batch,
                                             "runs": runs}, indent=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,9 +12,10 @@ BMP where the upload limit allows it); 16-bit grey TIFF and PNG; a progressive J
 Two set-ups, each with real processes on this machine:
 
 * full: ``semtag serve`` (API), ``semtag worker --queues ocr`` (solo pool, so the work runs in the process
-  measured) and ``--queues inference`` (as deployed: the threads pool, two batches in flight in one process)
-  on Redis and PostgreSQL. Each image is uploaded and processed alone, then three at once, then all of them
-  at once (so the inference worker gathers them into two tasks in flight).
+  measured) and ``--queues inference`` (as deployed: the threads pool, up to two batches in flight in one
+  process; ``--inference-pool solo`` for one at a time) on Redis and PostgreSQL. Each image is uploaded and
+  processed alone, then three at once, then all twelve at once (which the inference worker takes as one task
+  of two chunks or as two tasks, as its timer and the uploads fall).
 * embedded: ``semtag serve`` alone (SQLite, tasks in-process), three images uploaded at once.
 
 For each process: RSS when idle, and the peak (VmHWM) after all images were processed. Target: every
@@ -25,7 +26,7 @@ Also, per stage (probe at upload, decode + scale reading, decode for the classif
 of a fresh Python process reading each image alone: where the memory goes.
 
 Needs PostgreSQL and Redis (as the tests do). Usage: python bench/memory.py [--model FILE.onnx]
-[--skip-processes]
+[--skip-processes | --skip-stages] [--inference-pool threads|solo]
 """
 
 from __future__ import annotations
