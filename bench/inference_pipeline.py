@@ -78,9 +78,9 @@ def _images(n: int, out: Path) -> list[Path]:
 
 
 RAW_BATCHES = (1, 8, 16, 32)
-POOL = ["threads", "1"]  # --pool, --concurrency: the inference worker's Celery pool
-API_WORKERS = [1]  # --api-workers: uvicorn worker processes of `semtag serve`
-NICE = [0]  # --worker-nice: the inference worker's scheduling priority below the API's
+# how the services are started: --pool, --concurrency (the inference worker's Celery pool), --worker-nice (its
+# scheduling priority below the API's), --api-workers (`semtag serve --workers`)
+SERVICES: dict = {"pool": "threads", "concurrency": 1, "worker_nice": 0, "api_workers": 1}
 WORKER_ENV: dict[str, str] = {}  # --env: settings for the service and the worker (SEMTAG_…=value)
 
 
@@ -188,11 +188,11 @@ def pipeline(model: Path, paths: list[Path], batch: int, workdir: Path, uploader
                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
         port = free_port()
         log = open(workdir / "services.log", "ab")
-        procs.append(subprocess.Popen(sem + ["serve", "--port", str(port), "--workers", str(API_WORKERS[0])],
+        procs.append(subprocess.Popen(sem + ["serve", "--port", str(port), "--workers", str(SERVICES["api_workers"])],
                                       env=env, stdout=log, stderr=log))
-        nice = ["nice", "-n", str(NICE[0])] if NICE[0] else []
-        worker = ["worker", "--queues", "inference", "--pool", POOL[0], "--concurrency", POOL[1],
-                  "--loglevel", "WARNING"]
+        nice = ["nice", "-n", str(SERVICES["worker_nice"])] if SERVICES["worker_nice"] else []
+        worker = ["worker", "--queues", "inference", "--pool", SERVICES["pool"], "--concurrency",
+                  str(SERVICES["concurrency"]), "--loglevel", "WARNING"]
         procs.append(subprocess.Popen(nice + sem + worker, env=env, stdout=log, stderr=log))
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
@@ -306,13 +306,12 @@ def main() -> None:
                     help="replace every model run by a sleep of this many ms per image that takes no CPU, as a "
                          "GPU's run (bench/gpu_like): how much of the work around the model the pipeline hides")
     ap.add_argument("--worker-nice", type=int, default=0,
-                    help="start the inference worker under `nice -n N`: the uploads' requests get the shared cores "
-                         "first (what limits upload latency when the API shares cores with a saturated worker)")
+                    help="start the inference worker under `nice -n N`: the uploads get the larger share of the cores "
+                         "(what limits upload latency when the API shares cores with a saturated worker)")
     ap.add_argument("--api-workers", type=int, default=1, help="`semtag serve --workers N` (processes)")
     args = ap.parse_args()
-    API_WORKERS[0] = args.api_workers
-    POOL[:] = [args.pool, str(args.concurrency)]
-    NICE[0] = args.worker_nice
+    SERVICES.update(pool=args.pool, concurrency=args.concurrency, worker_nice=args.worker_nice,
+                    api_workers=args.api_workers)
     if args.gpu_like_ms > 0:  # this process (the raw figure) and the services it starts (inheriting os.environ)
         os.environ["BENCH_GPU_LIKE_MS"] = str(args.gpu_like_ms)
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent / "gpu_like"),
@@ -347,7 +346,9 @@ def main() -> None:
                 before = after if args.raw_shared else None
         if args.out:
             args.out.write_text(json.dumps({"model": "int8" if args.int8 else "fp32", "env": WORKER_ENV,
-                                            "pool": POOL, "worker_nice": NICE[0], "api_workers": API_WORKERS[0],
+                                            "pool": [SERVICES["pool"], str(SERVICES["concurrency"])],
+                                            "worker_nice": SERVICES["worker_nice"],
+                                            "api_workers": SERVICES["api_workers"],
                                             "per_image_ms": per_image, "batch": args.batch,
                                             "runs": runs}, indent=1))
     finally:
