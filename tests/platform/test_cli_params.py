@@ -88,7 +88,8 @@ def test_the_worker_chooses_its_pool_for_the_inference_queue(monkeypatch, argv, 
     get_settings.cache_clear()
     seen: list[list[str]] = []
     monkeypatch.setattr(app, "worker_main", seen.append)
-    before = (app.conf.worker_prefetch_multiplier, app.conf.get("semtag_warm_inference"))
+    before = (app.conf.worker_prefetch_multiplier, app.conf.get("semtag_warm_inference"),
+              app.conf.get("semtag_inference_worker"))
     try:
         assert main(["worker", *argv]) == 0
         (celery_argv,) = seen
@@ -100,6 +101,8 @@ def test_the_worker_chooses_its_pool_for_the_inference_queue(monkeypatch, argv, 
             # tasks running, so the next one is gathered while they run (workers/batching.py)
             held = app.conf.worker_prefetch_multiplier * n
             assert (n + 1) * 16 <= held < (n + 1) * 16 + n
+            assert app.conf.semtag_inference_worker  # its threads around the model yield to the model thread
     finally:
         get_settings.cache_clear()
-        app.conf.worker_prefetch_multiplier, app.conf.semtag_warm_inference = before
+        (app.conf.worker_prefetch_multiplier, app.conf.semtag_warm_inference,
+         app.conf.semtag_inference_worker) = before
