@@ -107,7 +107,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         per_task = max(1, s.inference_batch_size) * max(1, s.inference_batches_per_task)
         app.conf.worker_prefetch_multiplier = math.ceil((concurrency + 1) * per_task / concurrency)
         app.conf.semtag_warm_inference = s.inference_warmup
-        app.conf.semtag_inference_worker = True  # its threads around the model yield to it (workers.tasks)
+        # its threads around the model yield to the model's (workers.tasks); not under prefork, whose children are
+        # forked from the main thread, which would have yielded too
+        app.conf.semtag_inference_worker = pool in ("threads", "solo")
     argv = ["worker", "-Q", ",".join(queues), "--loglevel", args.loglevel, "-c", str(concurrency),
             "-n", args.name or f"semtag-{'-'.join(queues)}@%h", "--pool", pool]
     if args.beat:

@@ -83,9 +83,10 @@ class Settings(BaseSettings):
     # Idle ONNX Runtime threads busy-wait by default; off, they sleep and leave the cores to the other workers
     # (2 threads at batch 8 on 2 shared cores: 54 → 37 ms of CPU per image). On for cores of its own
     inference_spin: bool = False
-    # The inference worker's threads around the model (decoding, database writes, the broker's messages) run this
-    # many nice steps below the model's threads, so that on cores the model fills they do not preempt its threads
-    # mid-operator (INT8 drain on 2 cores: ~0.87 → ~0.92 of the raw engine, bench/RESULTS.md); 0: one priority
+    # An inference worker's threads around the model (decoding, database writes, the broker's messages) run this
+    # many nice steps below its model threads, so that on cores the model fills they rarely preempt them
+    # mid-operator (INT8 drains on 2 cores, with the model threads: median 0.93 of the raw engine, 0.885
+    # before; bench/RESULTS.md); 0: one priority
     inference_side_nice: int = Field(default=10, ge=0, le=19)
     reconcile_after_s: int = 600  # re-enqueue images pending/processing for longer than this
     reconcile_every_s: int = 60

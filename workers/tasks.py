@@ -56,8 +56,8 @@ def classify(requests: list) -> dict:
     """
     ids = [int(r.args[0]) for r in requests if r.args]
     rt = get_runtime()
-    if app.conf.get("semtag_inference_worker"):  # this thread decodes and stores; the model thread runs the model
-        yield_to_model(rt.settings.inference_side_nice)
+    if app.conf.get("semtag_inference_worker"):  # this thread (and the decoding threads it starts) decodes and
+        yield_to_model(rt.settings.inference_side_nice)  # stores; the engine's model thread runs the model
     try:
         out = pipeline.classify_batch(rt, ids)
         log.info("classified a batch of %d images (%d messages)", len(ids), len(requests))
@@ -71,18 +71,17 @@ def classify(requests: list) -> dict:
 @worker_ready.connect
 def _warm_inference(sender=None, **_kw: Any) -> None:  # noqa: ANN001
     """An inference worker loads the active model and runs its batch sizes once before taking work; then its
-    consumer thread yields to the model thread (services.classify.inference.yield_to_model)."""
-    if not app.conf.get("semtag_inference_worker"):
-        return
+    consumer thread yields to the model threads (services.classify.inference.yield_to_model)."""
     if app.conf.get("semtag_warm_inference"):
         try:
             version = pipeline.warm_engine(get_runtime())
             log.info("inference engine warmed up for model %s", version or "(none active)")
         except Exception:
             log.exception("could not warm up the inference engine; the first batch will load it")
-    # the consumer (this thread, fetching and acknowledging messages) and the pool threads it starts stay below the
-    # model thread, which exists from here on
-    yield_to_model(get_settings().inference_side_nice)
+    if app.conf.get("semtag_inference_worker"):
+        # the consumer (this thread, fetching and acknowledging messages) and the pool threads it starts from here
+        # on run below the model threads
+        yield_to_model(get_settings().inference_side_nice)
 
 
 @app.task(name=TASK_RUN_JOB, bind=True, max_retries=None)

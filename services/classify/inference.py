@@ -8,8 +8,9 @@
 * :func:`engine_for` caches one engine per model file sha256: activating another model makes the
   next batch load the new file, while the batch in flight finishes with the one it started with.
 * Decoding runs in a thread pool and overlaps the model run (:meth:`Engine.classify_paths`).
-* Every session is built and run on one thread of the process, the model thread (:func:`on_model_thread`),
-  so the threads that do the work around the model can be scheduled below it (:func:`yield_to_model`).
+* Each engine builds and runs its session on a thread of its own, at the process's priority, so the threads
+  that do the work around the model can be scheduled below it (:func:`yield_to_model`); a model being loaded
+  does not hold up the runs of the one it replaces.
 """
 
 from __future__ import annotations
@@ -34,53 +35,57 @@ from services.images.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, prepar
 
 WARMUP_BATCHES = (1, 8, 32)
 
-# The model thread: ONNX Runtime sessions are created and run here, so their intra-op threads (created with the
-# session, inheriting its creator's scheduling priority) and the thread that calls ``run`` (which takes part in
-# the run's work) all keep the process's own priority, whichever thread asked for the engine.
-_model_thread: ThreadPoolExecutor | None = None
-_model_thread_lock = threading.Lock()
+# Model threads: each engine builds and runs its ONNX Runtime session on a thread of its own, started by the
+# spawner, a thread kept at the process's own priority for that purpose alone. So the session's intra-op threads
+# (created with it, inheriting its creator's scheduling priority) and the thread that calls ``run`` (which takes
+# part in the run's work) keep the process's priority, whichever thread asked for the engine.
+_spawner: ThreadPoolExecutor | None = None
+_spawner_lock = threading.Lock()
 
 
-def _runner() -> ThreadPoolExecutor:
-    global _model_thread
-    with _model_thread_lock:
-        if _model_thread is None:
-            _model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semtag-model")
-            _model_thread.submit(int).result()  # its thread starts now, from this thread (and at its priority)
-        return _model_thread
+def _started_thread(name: str) -> tuple[ThreadPoolExecutor, int]:
+    """A one-thread executor whose thread is started now, from the calling thread; with that thread's ident."""
+    ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    return ex, ex.submit(threading.get_ident).result()
 
 
-def _forget_runner() -> None:  # a forked child (a prefork pool's) has none of its parent's threads
-    global _model_thread, _model_thread_lock
-    _model_thread, _model_thread_lock = None, threading.Lock()
+def _spawn(fn: Callable[[], Any]) -> Any:
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = _started_thread("semtag-spawner")[0]  # from this thread, at its priority
+    return _spawner.submit(fn).result()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a prefork pool's) has none of its parent's threads: no spawner, and no engine whose
+    session's threads are gone."""
+    global _spawner, _spawner_lock, _cache_lock
+    _spawner, _spawner_lock, _cache_lock = None, threading.Lock(), threading.Lock()
+    _cache.clear()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_runner)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
-# the priority (nice value) of the process's threads as started: the model thread's
+# the priority (nice value) of the process's threads as started: the model threads'
 _BASE_NICE = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else 0
 
 
-def on_model_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` on the model thread (directly when called from it); one call at a time, in order."""
-    if threading.current_thread().name.startswith("semtag-model"):
-        return fn(*args)
-    return _runner().submit(fn, *args).result()
-
-
 def yield_to_model(nice: int) -> None:
-    """Schedule the calling thread ``nice`` steps below the process's own priority (Linux: per thread; a no-op
-    where threads have no priority of their own, or for 0).
+    """Schedule the calling thread ``nice`` steps below the process's own priority (at most 19; Linux, where
+    the nice value is per thread; a no-op for 0, or where it is not allowed). Threads it starts afterwards
+    inherit the lower priority.
 
     The inference worker's threads around the model (decoding the next batch, storing the last, fetching
-    messages) then take a core only when the model's threads leave one: on a CPU host whose cores the model
-    fills, a wake-up of one of them no longer preempts an ONNX Runtime thread and stalls the others at the
-    operator's barrier (bench/RESULTS.md). A thread's priority can only be lowered, and threads inherit
-    their creator's: the model thread is started first, at the process's priority, and lives as long."""
+    messages) then get a small share of a core while the model's threads want it (nice 10: about a tenth),
+    instead of an equal one: on a CPU host whose cores the model fills, their wake-ups rarely preempt an ONNX
+    Runtime thread mid-operator, where the other would wait at the operator's barrier (bench/RESULTS.md).
+    A thread's priority can only be lowered, and threads inherit their creator's: the spawner that starts
+    the model threads is started first, at the process's priority."""
     if nice <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
         return
-    _runner()
+    _spawn(int)
     tid, target = threading.get_native_id(), min(19, _BASE_NICE + nice)
     try:
         if os.getpriority(os.PRIO_PROCESS, tid) < target:
@@ -142,13 +147,20 @@ class Engine:
 
     def __init__(self, model_path: Path | str, providers: list[str] | None = None, threads: int | None = None,
                  warmup: Iterable[int] = (), review_threshold: float = 0.6,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, memory_arena: bool = False, spin: bool = False,
-                 side_nice: int = 0) -> None:
-        on_model_thread(self._load, model_path, providers, threads, list(warmup), review_threshold, max_pixels,
-                        memory_arena, spin, side_nice)
+                 max_pixels: int = DEFAULT_MAX_PIXELS, memory_arena: bool = False, spin: bool = False) -> None:
+        # the engine's model thread; it ends when the engine is dropped (the executor's thread holds it weakly)
+        self._thread, self._thread_ident = _spawn(lambda: _started_thread("semtag-model"))
+        self.on_model_thread(self._load, model_path, providers, threads, list(warmup), review_threshold,
+                             max_pixels, memory_arena, spin)
+
+    def on_model_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on this engine's model thread (directly when called from it); one call at a time."""
+        if threading.get_ident() == self._thread_ident:
+            return fn(*args)
+        return self._thread.submit(fn, *args).result()
 
     def _load(self, model_path: Path | str, providers: list[str] | None, threads: int | None, warmup: list[int],
-              review_threshold: float, max_pixels: int, memory_arena: bool, spin: bool, side_nice: int) -> None:
+              review_threshold: float, max_pixels: int, memory_arena: bool, spin: bool) -> None:
         import onnxruntime as ort
 
         self.path = Path(model_path)
@@ -181,8 +193,6 @@ class Engine:
         self.review_threshold = review_threshold
         self.max_pixels = max_pixels
         self.providers = self.session.get_providers()
-        # the decoding threads' priority below the model's (yield_to_model); 0: the same
-        self.side_nice = side_nice
         for b in warmup:
             self.run(np.zeros((b, self.pp.input_size, self.pp.input_size, self.pp.channels), np.float32))
         release_memory()  # loading parses the model into buffers it frees again (about the model's size)
@@ -197,7 +207,7 @@ class Engine:
         # One run at a time, whoever calls, on the model thread: a worker running two batches at once (the threads
         # pool) decodes and stores one while the other has the cores for the model, instead of splitting the cores
         # between two runs
-        res = on_model_thread(self.session.run, names, feed)
+        res = self.on_model_thread(self.session.run, names, feed)
         return dict(zip(outputs, res))
 
     # ---- decoding (thread-safe; OpenCV releases the GIL) ----
@@ -237,8 +247,7 @@ class Engine:
         """Yield (path, result, error) in order; decoding of the next batch overlaps the current run."""
         if batch_size < 1:
             raise BadParams("batch size must be at least 1")
-        pool = ThreadPoolExecutor(max_workers=threads or max(1, cpu_count()), thread_name_prefix="semtag-decode",
-                                  initializer=yield_to_model, initargs=(self.side_nice,))
+        pool = ThreadPoolExecutor(max_workers=threads or max(1, cpu_count()), thread_name_prefix="semtag-decode")
 
         def safe_decode(p):  # noqa: ANN001, ANN202
             try:

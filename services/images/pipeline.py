@@ -168,7 +168,7 @@ def _engine(rt: Runtime, model: ModelVersion):  # noqa: ANN202
     return inference.engine_for(model.file_path, model.file_sha256, loader=lambda: inference.Engine(
         model.file_path, threads=st.inference_threads, warmup=sizes,
         review_threshold=st.review_confidence_threshold, max_pixels=st.max_pixels,
-        memory_arena=st.inference_memory_arena, spin=st.inference_spin, side_nice=st.inference_side_nice))
+        memory_arena=st.inference_memory_arena, spin=st.inference_spin))
 
 
 def warm_engine(rt: Runtime) -> str | None:
