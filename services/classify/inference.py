@@ -49,12 +49,16 @@ def _started_thread(name: str) -> tuple[ThreadPoolExecutor, int]:
     return ex, ex.submit(threading.get_ident).result()
 
 
-def _spawn(fn: Callable[[], Any]) -> Any:
+def _spawner_thread() -> ThreadPoolExecutor:
     global _spawner
     with _spawner_lock:
         if _spawner is None:
             _spawner = _started_thread("semtag-spawner")[0]  # from this thread, at its priority
-    return _spawner.submit(fn).result()
+        return _spawner
+
+
+def _spawn(fn: Callable[[], Any]) -> Any:
+    return _spawner_thread().submit(fn).result()
 
 
 def _after_fork_in_child() -> None:
@@ -85,7 +89,7 @@ def yield_to_model(nice: int) -> None:
     the model threads is started first, at the process's priority."""
     if nice <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
         return
-    _spawn(int)
+    _spawner_thread()  # started before this thread lowers its priority (a no-op once it exists)
     tid, target = threading.get_native_id(), min(19, _BASE_NICE + nice)
     try:
         if os.getpriority(os.PRIO_PROCESS, tid) < target:
